@@ -1,0 +1,247 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Config is everything the server can be told. The zero value is not useful:
+// start from Default and overlay a YAML file (LoadFile), environment
+// variables (ApplyEnv) and flags, in that order of increasing precedence.
+//
+// Every address accepts port 0, which binds a free port; the bound addresses
+// are logged at start and returned by Server.Addrs.
+type Config struct {
+	// Data is the data directory: the store, the master and admin keys.
+	Data string `yaml:"data"`
+
+	MQTT MQTTConfig `yaml:"mqtt"`
+	HTTP HTTPConfig `yaml:"http"`
+	TLS  TLSConfig  `yaml:"tls"`
+	Log  LogConfig  `yaml:"log"`
+}
+
+// MQTTConfig configures the MQTT listeners and the limits of the embedded
+// broker. Each limit exists because the broker's own default is unsafe for a
+// public server; the comments say what each one defends against.
+type MQTTConfig struct {
+	// Addr is the plain MQTT/TCP listener, ":1883" by default; "" disables it.
+	Addr string `yaml:"addr"`
+	// TLSAddr is the MQTT over TLS listener (":8883"), used only when a
+	// certificate is configured.
+	TLSAddr string `yaml:"tls_addr"`
+	// WSAddr is the dedicated MQTT-over-WebSocket listener (":8083"),
+	// serving WSPath. The HTTP listener serves the same path too.
+	WSAddr string `yaml:"ws_addr"`
+	// WSSAddr is MQTT over secure WebSocket (":8084"), only with a certificate.
+	WSSAddr string `yaml:"wss_addr"`
+	// WSPath is the URL path of the WebSocket endpoint, "/mqtt".
+	WSPath string `yaml:"ws_path"`
+	// AllowedOrigins lists the browser origins (scheme://host[:port]) allowed
+	// to open a WebSocket. Empty means same-origin only: the Origin's host
+	// must equal the request's Host. Requests without an Origin header (not
+	// from a browser) are allowed. "*" allows any origin.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+
+	// MaxPacketSize bounds every inbound packet (256 KiB). A larger length
+	// claim closes the connection before anything is allocated.
+	MaxPacketSize uint32 `yaml:"max_packet_size"`
+	// ConnectTimeout is how long a new socket may take to deliver a complete
+	// CONNECT (10 s); idle and slowloris sockets are closed after it.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// MaxWritesPending is the per-connection outbound queue (256 packets).
+	// The broker allocates it up front, so it sets the memory cost of each
+	// connection; a subscriber that falls this far behind loses live
+	// deliveries and catches up from the durable log.
+	MaxWritesPending int32 `yaml:"max_writes_pending"`
+	// MaxInflight caps unacknowledged QoS 1/2 messages per session (1024).
+	MaxInflight uint16 `yaml:"max_inflight"`
+	// ReceiveMaximum is the inbound QoS 1/2 quota per client (256).
+	ReceiveMaximum uint16 `yaml:"receive_maximum"`
+	// MaxSessionExpiry caps how long a disconnected session is kept (7 days);
+	// the broker's default keeps MQTT 3 persistent sessions forever.
+	MaxSessionExpiry Duration `yaml:"max_session_expiry"`
+	// MaxMessageExpiry is the longest life of a queued or retained message.
+	// 0 (the default) means no forced expiry: retained messages stay until
+	// replaced, and per-message MQTT 5 expiry still applies. (The broker's
+	// own default silently deletes retained messages after 24 h.)
+	MaxMessageExpiry Duration `yaml:"max_message_expiry"`
+	// MaxConnections caps concurrent clients; 0 means no limit.
+	MaxConnections int64 `yaml:"max_connections"`
+	// MaxTopicLevels caps the levels of a topic or filter (32).
+	MaxTopicLevels int `yaml:"max_topic_levels"`
+}
+
+// HTTPConfig configures the HTTP listener: API, health, metrics, the web
+// client and same-origin MQTT-over-WebSocket.
+type HTTPConfig struct {
+	// Addr is ":8080" by default; "" disables HTTP.
+	Addr string `yaml:"addr"`
+	// TLS serves HTTPS on Addr when a certificate is configured.
+	TLS bool `yaml:"tls"`
+}
+
+// TLSConfig names a certificate and key in PEM files. When both are set the
+// TLS and WSS listeners start.
+type TLSConfig struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Enabled reports whether a certificate is configured.
+func (t TLSConfig) Enabled() bool { return t.CertFile != "" && t.KeyFile != "" }
+
+// LogConfig configures structured logging.
+type LogConfig struct {
+	// Level is debug, info, warn or error (info).
+	Level string `yaml:"level"`
+	// Format is text or json; "" picks text on a terminal and json otherwise.
+	Format string `yaml:"format"`
+}
+
+// Duration is a time.Duration that reads "10s" or "1h30m" from YAML.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (e.g. 10s, 5m, 24h)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Default returns the embedded defaults: data in ./data, MQTT on :1883,
+// WebSocket on :8083, HTTP on :8080, and the hardened broker limits.
+func Default() Config {
+	return Config{
+		Data: "./data",
+		MQTT: MQTTConfig{
+			Addr:             ":1883",
+			TLSAddr:          ":8883",
+			WSAddr:           ":8083",
+			WSSAddr:          ":8084",
+			WSPath:           "/mqtt",
+			MaxPacketSize:    256 << 10,
+			ConnectTimeout:   Duration(10 * time.Second),
+			MaxWritesPending: 256,
+			MaxInflight:      1024,
+			ReceiveMaximum:   256,
+			MaxSessionExpiry: Duration(7 * 24 * time.Hour),
+			MaxMessageExpiry: 0,
+			MaxTopicLevels:   32,
+		},
+		HTTP: HTTPConfig{Addr: ":8080"},
+		Log:  LogConfig{Level: "info"},
+	}
+}
+
+// LoadFile overlays the YAML file at path onto c. Unknown keys are errors,
+// so a typo in a setting is reported instead of silently ignored.
+func (c *Config) LoadFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, os.ErrClosed) {
+		if err.Error() == "EOF" { // an empty file changes nothing
+			return nil
+		}
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// ApplyEnv overlays the WARBLER_* environment variables read by getenv
+// (os.Getenv in production): WARBLER_DATA, WARBLER_MQTT, WARBLER_WS,
+// WARBLER_HTTP, WARBLER_MQTT_TLS, WARBLER_WSS, WARBLER_TLS_CERT,
+// WARBLER_TLS_KEY, WARBLER_LOG_LEVEL, WARBLER_LOG_FORMAT,
+// WARBLER_MAX_PACKET_SIZE.
+func (c *Config) ApplyEnv(getenv func(string) string) error {
+	set := func(name string, dst *string) {
+		if v, ok := lookup(getenv, name); ok {
+			*dst = v
+		}
+	}
+	set("WARBLER_DATA", &c.Data)
+	set("WARBLER_MQTT", &c.MQTT.Addr)
+	set("WARBLER_WS", &c.MQTT.WSAddr)
+	set("WARBLER_HTTP", &c.HTTP.Addr)
+	set("WARBLER_MQTT_TLS", &c.MQTT.TLSAddr)
+	set("WARBLER_WSS", &c.MQTT.WSSAddr)
+	set("WARBLER_TLS_CERT", &c.TLS.CertFile)
+	set("WARBLER_TLS_KEY", &c.TLS.KeyFile)
+	set("WARBLER_LOG_LEVEL", &c.Log.Level)
+	set("WARBLER_LOG_FORMAT", &c.Log.Format)
+	if v, ok := lookup(getenv, "WARBLER_MAX_PACKET_SIZE"); ok {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			return fmt.Errorf("WARBLER_MAX_PACKET_SIZE: %q is not a byte count", v)
+		}
+		c.MQTT.MaxPacketSize = uint32(n)
+	}
+	return nil
+}
+
+func lookup(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+// Validate reports the first setting that cannot work.
+func (c *Config) Validate() error {
+	if c.Data == "" {
+		return errors.New("config: data directory is empty")
+	}
+	if c.MQTT.Addr == "" && c.MQTT.WSAddr == "" && c.HTTP.Addr == "" && !c.TLS.Enabled() {
+		return errors.New("config: every listener is disabled")
+	}
+	if c.MQTT.MaxPacketSize < 64 {
+		return fmt.Errorf("config: mqtt.max_packet_size %d is too small (minimum 64 bytes)", c.MQTT.MaxPacketSize)
+	}
+	if c.MQTT.ConnectTimeout.D() <= 0 {
+		return errors.New("config: mqtt.connect_timeout must be positive")
+	}
+	if c.MQTT.MaxWritesPending < 8 {
+		return fmt.Errorf("config: mqtt.max_writes_pending %d is too small (minimum 8)", c.MQTT.MaxWritesPending)
+	}
+	if c.MQTT.ReceiveMaximum == 0 || c.MQTT.MaxInflight == 0 {
+		return errors.New("config: mqtt.receive_maximum and mqtt.max_inflight must be positive")
+	}
+	if c.MQTT.WSPath == "" || !strings.HasPrefix(c.MQTT.WSPath, "/") {
+		return fmt.Errorf("config: mqtt.ws_path %q must start with /", c.MQTT.WSPath)
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("config: tls.cert_file and tls.key_file go together")
+	}
+	if c.HTTP.TLS && !c.TLS.Enabled() {
+		return errors.New("config: http.tls needs tls.cert_file and tls.key_file")
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "", "debug", "info", "warn", "warning", "error":
+	default:
+		return fmt.Errorf("config: log.level %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("config: log.format %q is not text or json", c.Log.Format)
+	}
+	return nil
+}

@@ -1,0 +1,203 @@
+package broker
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// errMalformed marks a connection closed by the packet guard.
+var errMalformed = errors.New("malformed packet")
+
+// MalformedError says why the guard closed a connection.
+type MalformedError struct{ Reason string }
+
+func (e *MalformedError) Error() string { return "malformed packet: " + e.Reason }
+func (e *MalformedError) Unwrap() error { return errMalformed }
+
+// guardConn sits between a client socket and the broker's packet reader. It
+// frames the inbound byte stream into MQTT packets and checks each one
+// before the broker sees it:
+//
+//   - the first packet must be CONNECT, and must arrive complete within the
+//     connect deadline;
+//   - a remaining length uses at most four bytes and never exceeds the
+//     maximum packet size, so a huge length claim is refused before anything
+//     is allocated;
+//   - every packet other than the hot-path ones (PUBLISH, the QoS acks,
+//     PINGREQ) is trial-decoded with the broker's own decoder under recover,
+//     so a packet that would panic the decoder (a truncated v5 SUBSCRIBE,
+//     say) closes only its own connection.
+//
+// A refused packet ends the stream with a *MalformedError, which the broker
+// handles as any read error: the will is published, hooks run, the session is
+// cleaned up. The hot-path decoders are covered by fuzz targets instead, and
+// a recover around the whole connection remains as the last line.
+type guardConn struct {
+	net.Conn
+	r       *bufio.Reader
+	maxSize int
+	version byte // protocol version from CONNECT; 0 until then
+	pending []byte
+	through int // bytes of the current packet to pass through undecoded
+	buf     []byte
+	err     error
+	onBad   func(reason string)
+}
+
+func newGuardConn(c net.Conn, maxSize uint32, connectTimeout time.Duration, onBad func(string)) *guardConn {
+	if connectTimeout > 0 {
+		// An absolute deadline for the whole CONNECT: the broker replaces it
+		// with the keep-alive deadline once the client is authenticated.
+		_ = c.SetReadDeadline(time.Now().Add(connectTimeout))
+	}
+	return &guardConn{Conn: c, r: bufio.NewReaderSize(c, 2048), maxSize: int(maxSize), onBad: onBad}
+}
+
+// Read implements net.Conn.
+func (g *guardConn) Read(p []byte) (int, error) {
+	if len(g.pending) == 0 && g.through == 0 {
+		if g.err != nil {
+			return 0, g.err
+		}
+		if err := g.next(); err != nil {
+			g.err = err
+			return 0, err
+		}
+	}
+	if len(g.pending) > 0 {
+		n := copy(p, g.pending)
+		g.pending = g.pending[n:]
+		return n, nil
+	}
+	if len(p) > g.through {
+		p = p[:g.through]
+	}
+	n, err := g.r.Read(p)
+	g.through -= n
+	return n, err
+}
+
+// next reads and checks the next packet's header (and, for packets that are
+// not passed through, its body), leaving the bytes to hand on in pending.
+func (g *guardConn) next() error {
+	var hdr [5]byte
+	b, err := g.r.ReadByte()
+	if err != nil {
+		return err
+	}
+	hdr[0] = b
+	typ := b >> 4
+	if g.version == 0 && typ != packets.Connect {
+		return g.bad(fmt.Sprintf("first packet is type %d, not CONNECT", typ))
+	}
+	remaining, mult, n := 0, 1, 1
+	for {
+		c, err := g.r.ReadByte()
+		if err != nil {
+			return err
+		}
+		hdr[n] = c
+		n++
+		remaining += int(c&127) * mult
+		if c&128 == 0 {
+			break
+		}
+		if n == 5 {
+			return g.bad("remaining length longer than four bytes")
+		}
+		mult *= 128
+	}
+	if g.maxSize > 0 && remaining+n > g.maxSize {
+		return g.bad(fmt.Sprintf("packet of %d bytes exceeds the maximum of %d", remaining+n, g.maxSize))
+	}
+	switch typ {
+	case packets.Publish, packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp, packets.Pingreq:
+		if g.version != 0 {
+			g.pending = append(g.buf[:0], hdr[:n]...)
+			g.through = remaining
+			return nil
+		}
+	}
+	need := n + remaining
+	if cap(g.buf) < need {
+		g.buf = make([]byte, need)
+	}
+	g.buf = g.buf[:need]
+	copy(g.buf, hdr[:n])
+	if _, err := io.ReadFull(g.r, g.buf[n:]); err != nil {
+		return err
+	}
+	if reason := g.check(hdr[0], g.buf[n:]); reason != "" {
+		return g.bad(reason)
+	}
+	g.pending = g.buf
+	return nil
+}
+
+// check trial-decodes one packet body with the broker's decoder and reports
+// a non-empty reason if it fails or panics.
+func (g *guardConn) check(first byte, body []byte) (reason string) {
+	defer func() {
+		if r := recover(); r != nil {
+			reason = fmt.Sprintf("decoder panic on packet type %d: %v", first>>4, r)
+		}
+	}()
+	var fh packets.FixedHeader
+	if err := fh.Decode(first); err != nil {
+		return err.Error()
+	}
+	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: g.version}
+	pk.FixedHeader.Remaining = len(body)
+	px := append([]byte(nil), body...) // decoders may keep slices of their input
+	var err error
+	switch fh.Type {
+	case packets.Connect:
+		err = pk.ConnectDecode(px)
+		if err == nil {
+			g.version = pk.ProtocolVersion
+			if g.version == 0 {
+				return "CONNECT with protocol version 0"
+			}
+		}
+	case packets.Subscribe:
+		err = pk.SubscribeDecode(px)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeDecode(px)
+	case packets.Disconnect:
+		err = pk.DisconnectDecode(px)
+	case packets.Auth:
+		err = pk.AuthDecode(px)
+	case packets.Publish:
+		err = pk.PublishDecode(px)
+	case packets.Puback:
+		err = pk.PubackDecode(px)
+	case packets.Pubrec:
+		err = pk.PubrecDecode(px)
+	case packets.Pubrel:
+		err = pk.PubrelDecode(px)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(px)
+	case packets.Pingreq:
+	default:
+		// CONNACK, SUBACK, UNSUBACK, PINGRESP and type 0/15 are never sent
+		// by a client.
+		return fmt.Sprintf("packet type %d is not sent by clients", fh.Type)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+func (g *guardConn) bad(reason string) error {
+	if g.onBad != nil {
+		g.onBad(reason)
+	}
+	return &MalformedError{Reason: reason}
+}
