@@ -1,0 +1,54 @@
+package protocol
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+)
+
+// FuzzParseEnvelope feeds arbitrary bytes to ParseRequest. It must never
+// panic; every refusal must be an *Error with a known code; and anything it
+// accepts must survive a marshal/parse round trip unchanged in meaning.
+func FuzzParseEnvelope(f *testing.F) {
+	seeds := []string{
+		`{"conv":"g1","cmid":"c1","type":"text","body":{"text":"hi"}}`,
+		`{"to":"bob","cmid":"c2","type":"image","body":{"url":"x"},"rid":"7"}`,
+		`{"op":"create","kind":"group","name":"T","members":["a","b"]}`,
+		`{"op":"sync","cursors":{"g":1,"h":2},"limit":3}`,
+		`{"op":"history","conv":"g","before":10}`,
+		`{"op":"read","conv":"g","seq":1}`,
+		`{"op":"role","conv":"g","user":"u","role":"owner"}`,
+		`{"conv":"g","cmid":"c","type":"text","body":"\ud800"}`,
+		`{"conv":"g","cmid":"c","type":"text","body":1e999}`,
+		`{"conv":"g","conv":"h","cmid":"c","type":"text","body":[]}`,
+		`{"op":"sync","cursors":{"g":18446744073709551615}}`,
+		`{"op":"sync","cursors":{"g":18446744073709551616}}`,
+		"\x00", `{`, `null`, `[]`, `""`, `{"body":}`,
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	known := map[string]bool{CodeBadRequest: true, CodeTooLarge: true}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		lim := Limits{MaxBody: 1024, MaxMembers: 16, MaxPage: 50}
+		r, err := ParseRequest(in, lim)
+		if err != nil {
+			var pe *Error
+			if !errors.As(err, &pe) || !known[pe.Code] || pe.Message == "" {
+				t.Fatalf("bad error %#v", err)
+			}
+			return
+		}
+		out, err := json.Marshal(r)
+		if err != nil {
+			t.Fatalf("accepted but cannot marshal: %v", err)
+		}
+		r2, err := ParseRequest(out, lim)
+		if err != nil {
+			t.Fatalf("round trip refused %s: %v", out, err)
+		}
+		if r2.Op != r.Op || r2.Conv != r.Conv || r2.To != r.To || r2.CMID != r.CMID || r2.Seq != r.Seq || len(r2.Members) != len(r.Members) {
+			t.Fatalf("round trip changed %+v -> %+v", r, r2)
+		}
+	})
+}
