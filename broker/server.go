@@ -82,7 +82,7 @@ type httpListener struct {
 // New builds a server from cfg: it opens the store and binds every listener,
 // but accepts no connection until Start. On error everything opened so far
 // is closed again.
-func New(cfg Config, opts Options) (s *Server, err error) {
+func New(cfg Config, opts Options) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -90,10 +90,10 @@ func New(cfg Config, opts Options) (s *Server, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s = &Server{cfg: cfg, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: log, mux: http.NewServeMux()}
 	defer func() {
 		if err != nil {
-			s.closeAll()
+			_ = s.closeAll()
 		}
 	}()
 
