@@ -26,7 +26,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/paho"
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
 
@@ -40,7 +39,10 @@ func testLogger(t testing.TB) *slog.Logger {
 
 type tWriter struct{ t testing.TB }
 
-func (w tWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 // loopbackConfig is the default configuration with every listener on a free
 // loopback port and the data in a temporary directory.
@@ -605,8 +607,6 @@ func TestTLSAndWSS(t *testing.T) {
 	sub := mqtttest.MustConnect(t, tc, "tls-sub", "", "")
 	sub.Subscribe(t, "secure/1")
 
-	h := http.Header{}
-	_ = h
 	wss, _, err := dialWSS(t, "wss://"+s.Addrs().WSS+"/mqtt", pool)
 	if err != nil {
 		t.Fatal(err)
@@ -649,8 +649,6 @@ func TestShutdownDisconnectsClientsAndReopens(t *testing.T) {
 	}
 	_ = s2.Shutdown(context.Background())
 }
-
-var _ = paho.Connect{}
 
 // dialWSS opens MQTT over secure WebSocket trusting pool.
 func dialWSS(t *testing.T, url string, pool *x509.CertPool) (net.Conn, *http.Response, error) {
