@@ -1,0 +1,372 @@
+package badgerstore
+
+// The group committer: the single writer of the chat key space ("c/" and
+// "m/"). Callers hand it a request and wait; one goroutine gathers every
+// request that is pending, applies them in one Badger transaction (or a
+// few, if they are large), makes the result durable once, and releases all
+// the waiters. N concurrent senders therefore share one fsync instead of
+// paying one each, and because it is the only writer of these keys, a
+// request's read-check-write (is the seq next? is the user a member?) can
+// never race another request.
+//
+// # What "durable" takes with Badger v4.9.6
+//
+// The database runs with SyncWrites off. A commit then lands in the active
+// memtable's write-ahead log, an mmapped file, so it survives a process
+// crash but not a power loss until the pages reach the disk. DB.Sync
+// (db.go:708) msyncs the WAL of the memtable that is active *when Sync
+// runs*, plus the value log. That is not enough on its own: when a memtable
+// fills, the write goroutine rotates it (ensureRoomForWrite, db.go:1044)
+// into the immutable list without syncing its WAL, and it stays there,
+// unsynced, until the flusher has written it out as an SST (which is
+// msynced, table.go:258). If a rotation happens between our commit and our
+// Sync, our entries sit in the rotated WAL and Sync syncs the new, empty
+// one. So after DB.Sync the committer also fsyncs every WAL file that has
+// become immutable since it last looked (NNNNN.mem below the newest number:
+// memtable file numbers only grow). fsync through a second descriptor
+// writes back pages dirtied through the mapping, because they are dirty in
+// the same page cache. A WAL that vanished meanwhile was flushed to a
+// synced SST and deleted. Each immutable WAL is fsynced once, so the steady
+// state costs one directory read per batch.
+//
+// With SyncWrites on, Badger msyncs the memtable it just wrote to before a
+// commit returns (writeToLSM, db.go:861), which is correct without the
+// extra step; the committer then skips its own sync. One group-committed
+// transaction is one write request, so that costs one msync per batch too.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	badger "github.com/dgraph-io/badger/v4"
+
+	"github.com/warblerim/warbler/storage"
+)
+
+// ErrClosed is returned by writes after the chat store was closed.
+var ErrClosed = errors.New("badgerstore: chat store closed")
+
+// writeOp is one key write (or delete) produced by a request.
+type writeOp struct {
+	key, val []byte
+	ttl      time.Duration
+	del      bool
+}
+
+func (w writeOp) size() int { return len(w.key) + len(w.val) + 64 }
+
+// commitReq is one caller's atomic unit of work.
+type commitReq struct {
+	// prepare reads what it needs through txn (which sees the writes of
+	// requests earlier in the same batch) and returns the writes to make.
+	// An error fails this request only. It may run more than once.
+	prepare func(txn *badger.Txn) ([]writeOp, error)
+	// after runs in the committer once the writes are durable, before the
+	// caller is released.
+	after func()
+	err   error
+	done  chan struct{}
+}
+
+// CommitStats counts the committer's work since it started.
+type CommitStats struct {
+	Requests uint64 // requests processed
+	Batches  uint64 // group commits (each one durable sync)
+	Txns     uint64 // Badger transactions committed
+}
+
+type committer struct {
+	db       *badger.DB
+	reqs     chan *commitReq
+	quit     chan struct{}
+	stopped  chan struct{}
+	mu       sync.RWMutex // guards closed against in-flight submits
+	closed   bool
+	maxBatch int
+	maxBytes int
+
+	syncedWAL map[int]bool // immutable memtable WALs already fsynced
+
+	// failed is set for good when a sync fails. After a failed fsync the
+	// state of the files is unknown (the kernel may have dropped the dirty
+	// pages), so the store refuses every later write rather than build on
+	// entries that may not exist after a restart.
+	failed error
+
+	requests, batches, txns atomic.Uint64
+}
+
+func newCommitter(db *badger.DB, maxBatch, maxBytes int) *committer {
+	c := &committer{
+		db:        db,
+		reqs:      make(chan *commitReq, maxBatch),
+		quit:      make(chan struct{}),
+		stopped:   make(chan struct{}),
+		maxBatch:  maxBatch,
+		maxBytes:  maxBytes,
+		syncedWAL: map[int]bool{},
+	}
+	go c.run()
+	return c
+}
+
+// do submits one request and waits until it is durable or failed. Once
+// queued, a request is always carried out, whatever ctx says: the caller
+// waits for the outcome rather than leave a write of unknown fate.
+func (c *committer) do(ctx context.Context, prepare func(*badger.Txn) ([]writeOp, error), after func()) error {
+	r := &commitReq{prepare: prepare, after: after, done: make(chan struct{})}
+	c.mu.RLock()
+	if c.closed {
+		c.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case c.reqs <- r:
+	case <-ctx.Done():
+		c.mu.RUnlock()
+		return ctx.Err()
+	}
+	c.mu.RUnlock()
+	<-r.done
+	return r.err
+}
+
+// close stops accepting requests, finishes the queued ones, and returns
+// when the committer goroutine has exited.
+func (c *committer) close() {
+	c.mu.Lock()
+	if !c.closed {
+		c.closed = true
+		close(c.quit)
+	}
+	c.mu.Unlock()
+	<-c.stopped
+}
+
+func (c *committer) run() {
+	defer close(c.stopped)
+	batch := make([]*commitReq, 0, c.maxBatch)
+	for {
+		var first *commitReq
+		select {
+		case first = <-c.reqs:
+		case <-c.quit:
+			// No submit can be in progress (close holds the lock to set
+			// closed), so what is in the channel now is all there is.
+			for {
+				select {
+				case r := <-c.reqs:
+					c.process(append(batch[:0], r))
+				default:
+					return
+				}
+			}
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < c.maxBatch {
+			select {
+			case r := <-c.reqs:
+				batch = append(batch, r)
+			default:
+				break gather
+			}
+		}
+		c.process(batch)
+	}
+}
+
+// process applies one batch: prepare each request against the open
+// transaction, commit whenever the transaction gets large, sync once, then
+// release everyone.
+func (c *committer) process(batch []*commitReq) {
+	c.requests.Add(uint64(len(batch)))
+	if c.failed != nil {
+		for _, r := range batch {
+			r.err = c.failed
+			close(r.done)
+		}
+		return
+	}
+	var (
+		txn       = c.db.NewTransaction(true)
+		inTxn     []*commitReq
+		bytes     int
+		committed []*commitReq
+	)
+	commit := func() {
+		if len(inTxn) == 0 {
+			txn.Discard()
+			return
+		}
+		err := txn.Commit()
+		c.txns.Add(1)
+		if err != nil {
+			err = mapCommitErr(err)
+			for _, r := range inTxn {
+				r.err = err
+			}
+		} else {
+			committed = append(committed, inTxn...)
+		}
+		inTxn, bytes = nil, 0
+	}
+	for _, r := range batch {
+		ws, err := r.prepare(txn)
+		if err != nil {
+			r.err = err
+			continue
+		}
+		sz := 0
+		for _, w := range ws {
+			sz += w.size()
+		}
+		if bytes+sz > c.maxBytes && len(inTxn) > 0 {
+			commit()
+			txn = c.db.NewTransaction(true)
+			// Reads must be redone against the state that now includes
+			// the commit above.
+			if ws, err = r.prepare(txn); err != nil {
+				r.err = err
+				continue
+			}
+		}
+		if err := applyWrites(txn, ws); err != nil {
+			// The transaction may now hold part of r's writes: throw it
+			// away with everything in it. This only happens for a single
+			// request larger than Badger's transaction limit or a write
+			// error, both of which fail loudly.
+			txn.Discard()
+			err = fmt.Errorf("chat store write: %w", err)
+			r.err = err
+			for _, o := range inTxn {
+				o.err = err
+			}
+			inTxn, bytes = nil, 0
+			txn = c.db.NewTransaction(true)
+			continue
+		}
+		inTxn = append(inTxn, r)
+		bytes += sz
+	}
+	commit()
+	if len(committed) > 0 {
+		c.batches.Add(1)
+		if err := c.syncDurable(); err != nil {
+			err = fmt.Errorf("chat store sync (store now refuses writes): %w", err)
+			c.failed = err
+			for _, r := range committed {
+				r.err = err
+			}
+		} else {
+			for _, r := range committed {
+				if r.after != nil {
+					r.after()
+				}
+			}
+		}
+	}
+	for _, r := range batch {
+		close(r.done)
+	}
+}
+
+func applyWrites(txn *badger.Txn, ws []writeOp) error {
+	for _, w := range ws {
+		var err error
+		if w.del {
+			err = txn.Delete(w.key)
+		} else {
+			e := badger.NewEntry(w.key, w.val)
+			if w.ttl > 0 {
+				e = e.WithTTL(w.ttl)
+			}
+			err = txn.SetEntry(e)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mapCommitErr(err error) error {
+	if errors.Is(err, badger.ErrConflict) {
+		return fmt.Errorf("chat store commit: %w", storage.ErrConflict)
+	}
+	return fmt.Errorf("chat store commit: %w", err)
+}
+
+// syncDurable makes every transaction committed so far durable. See the
+// file comment for why DB.Sync alone is not enough.
+func (c *committer) syncDurable() error {
+	opts := c.db.Opts()
+	if opts.InMemory || opts.SyncWrites {
+		return nil
+	}
+	if err := c.db.Sync(); err != nil {
+		return err
+	}
+	return c.syncRotatedWALs(opts.Dir)
+}
+
+// syncRotatedWALs fsyncs each memtable WAL that has become immutable (a
+// newer one exists) and has not been fsynced since.
+func (c *committer) syncRotatedWALs(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var fids []int
+	maxFid := -1
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".mem")
+		if !ok {
+			continue
+		}
+		fid, err := strconv.Atoi(name)
+		if err != nil {
+			continue
+		}
+		fids = append(fids, fid)
+		maxFid = max(maxFid, fid)
+	}
+	present := make(map[int]bool, len(fids))
+	for _, fid := range fids {
+		present[fid] = true
+		if fid == maxFid || c.syncedWAL[fid] {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, fmt.Sprintf("%05d.mem", fid)))
+		if errors.Is(err, os.ErrNotExist) {
+			continue // flushed to a synced SST and deleted meanwhile
+		}
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return err
+		}
+		c.syncedWAL[fid] = true
+	}
+	for fid := range c.syncedWAL {
+		if !present[fid] {
+			delete(c.syncedWAL, fid)
+		}
+	}
+	return nil
+}
+
+func (c *committer) stats() CommitStats {
+	return CommitStats{Requests: c.requests.Load(), Batches: c.batches.Load(), Txns: c.txns.Load()}
+}
