@@ -1,0 +1,45 @@
+# Warbler: `make run` starts the server with embedded defaults; `make test`
+# runs every check and test. Both work on a fresh checkout.
+
+GO        ?= go
+BIN       := bin/warbler
+FUZZTIME  ?= 30s
+BENCHTIME ?= 1s
+ARGS      ?=
+
+.PHONY: build run test lint bench fuzz clean
+
+build:
+	$(GO) build -trimpath -o $(BIN) ./cmd/warbler
+
+## run: build and start the server (data in ./data, MQTT :1883, WS :8083, HTTP :8080)
+run: build
+	exec ./$(BIN) serve $(ARGS)
+
+## lint: formatting and static checks
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## test: lint, then every test with the race detector, then each fuzz target briefly
+test: lint
+	$(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=5s
+
+## bench: Go benchmarks of every package
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
+
+## fuzz: run every fuzz target for FUZZTIME each
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/warbler-fuzz.log 2>&1 || { cat /tmp/warbler-fuzz.log; exit 1; }; \
+	  done; \
+	done
+
+clean:
+	rm -rf bin
