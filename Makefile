@@ -14,7 +14,7 @@ build:
 
 ## run: build and start the server (data in ./data, MQTT :1883, WS :8083, HTTP :8080)
 run: build
-	exec ./$(BIN) serve $(ARGS)
+	exec $(abspath $(BIN)) serve $(ARGS)
 
 ## lint: formatting and static checks
 lint:

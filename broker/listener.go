@@ -31,7 +31,8 @@ type streamListener struct {
 	log      *slog.Logger
 	closed   atomic.Bool
 	serving  atomic.Bool
-	wg       sync.WaitGroup
+	stopped  chan struct{} // closed when Serve returns
+	wg       sync.WaitGroup // connection handlers; Add only inside Serve
 	onAccept func()
 }
 
@@ -77,6 +78,7 @@ func (l *streamListener) Init(*slog.Logger) error { return nil }
 // Serve accepts connections until Close.
 func (l *streamListener) Serve(establish listeners.EstablishFn) {
 	l.serving.Store(true)
+	defer close(l.stopped)
 	defer l.serving.Store(false)
 	var backoff time.Duration
 	for {
@@ -107,6 +109,13 @@ func (l *streamListener) Serve(establish listeners.EstablishFn) {
 			l.guard.establish(l.id, conn, establish)
 		}()
 	}
+}
+
+// wait blocks until Serve has returned and every connection handler it
+// started has finished.
+func (l *streamListener) wait() {
+	<-l.stopped
+	l.wg.Wait()
 }
 
 // Close stops accepting and closes the listener's clients.

@@ -202,7 +202,7 @@ func (s *Server) bindListeners() error {
 			return "", err
 		}
 		l := &streamListener{id: id, proto: proto, ln: ln, guard: s.guardOptions(), log: s.log,
-			onAccept: s.metrics.Accepted.Inc}
+			onAccept: s.metrics.Accepted.Inc, stopped: make(chan struct{})}
 		s.streams = append(s.streams, l)
 		return ln.Addr().String(), s.mqtt.AddListener(l)
 	}
@@ -386,9 +386,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			_ = s.mqtt.Close()
 			done := make(chan struct{})
 			go func() {
-				s.mqtt.Listeners.ClientsWg.Wait()
+				// Our listeners count their connection handlers (each runs
+				// one client to the end), so this waits for every client.
 				for _, l := range s.streams {
-					l.wg.Wait()
+					l.wait()
 				}
 				for _, l := range s.ws {
 					l.conns.Wait()

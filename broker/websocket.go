@@ -37,11 +37,11 @@ type wsListener struct {
 	origins   map[string]bool
 	anyOrigin bool
 
-	mu        sync.Mutex
+	mu        sync.Mutex // guards establish, and orders conns.Add before Close
 	establish listeners.EstablishFn
 	ready     chan struct{}
 	closed    atomic.Bool
-	conns     sync.WaitGroup
+	conns     sync.WaitGroup // upgraded connections still being served
 }
 
 func newWSListener(id, path string, allowed []string, g guardOptions, log *slog.Logger) *wsListener {
@@ -97,7 +97,10 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 
 // Close stops new upgrades and closes the listener's clients.
 func (l *wsListener) Close(closeClients listeners.CloseFn) {
-	if l.closed.CompareAndSwap(false, true) {
+	l.mu.Lock()
+	first := l.closed.CompareAndSwap(false, true)
+	l.mu.Unlock()
+	if first {
 		closeClients(l.id)
 	}
 }
@@ -133,16 +136,20 @@ func (l *wsListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		l.guard.metrics.WSRejected.WithLabelValues("handshake").Inc()
 		return // the upgrader has written the error response
 	}
+	defer c.Close()
 	l.guard.metrics.Accepted.Inc()
 	// A frame may hold several packets, but never more than one maximum
 	// packet plus framing; larger frames are closed with 1009.
 	c.SetReadLimit(int64(l.guard.maxPacket) + 1024)
-	l.conns.Add(1)
-	defer l.conns.Done()
-	defer c.Close()
 	l.mu.Lock()
+	if l.closed.Load() {
+		l.mu.Unlock()
+		return
+	}
+	l.conns.Add(1)
 	establish := l.establish
 	l.mu.Unlock()
+	defer l.conns.Done()
 	l.guard.establish(l.id, &wsConn{Conn: c.NetConn(), ws: c}, establish)
 }
 
