@@ -1,0 +1,53 @@
+// Package chat is Warbler's chat domain: conversations (direct, group,
+// channel), their members and roles, sending with gap-free per-conversation
+// sequence numbers and idempotent retries, sync and history, receipts,
+// retention and send quotas. It owns the meaning of the chat envelope
+// (protocol.Request in, protocol.Message/Receipt out) and nothing about
+// MQTT: persistence is a storage.ChatStore and fan-out is a Deliverer, both
+// small interfaces, so the same Service runs behind the MQTT hook, the HTTP
+// API or a test.
+//
+// # Sending
+//
+// Send resolves the conversation ("to" derives the direct conversation and
+// creates it on first use), checks that the sender may write (members of
+// groups and direct conversations; admins, owners and services for
+// channels), and then, under a per-conversation lock:
+//
+//  1. looks up (app, user, device, cmid): a retry of a message that was
+//     stored returns the original id and seq and is not delivered again;
+//  2. takes the next seq from an in-memory head, seeded from the log;
+//  3. appends the message, its dedupe entry and the author's read mark in
+//     one durable write (the store group-commits it with other senders');
+//  4. hands the stored bytes to the Deliverer for every member.
+//
+// The head only moves after a successful append, so a failed write leaves
+// no gap. The append is also a compare-and-set on the stored head, so if
+// another process appended meanwhile (a scaled-out deployment where a
+// conversation's sequencer moved), the append fails with a conflict, the
+// head is re-read and the send retried; two writers cannot both take a seq.
+// Delivery happens inside the lock, so live messages of one conversation
+// leave in seq order and a receiver that sees a gap knows to sync.
+//
+// # Delivery and catching up
+//
+// Live delivery is best effort by design: the Deliverer must never block a
+// sender on a slow receiver (the MQTT hook drops to a full client queue and
+// sends a sync hint later). Nothing is lost by that, because the log is the
+// truth: a device runs "sync" on (re)connect and whenever it sees a gap or a
+// hint, and gets everything after its cursors, paginated, in order.
+// Devices move their cursors with "delivered" (which also sends delivered
+// receipts to the authors) and users their read position with "read".
+//
+// # Channels
+//
+// A channel is a conversation whose members read and whose admins (and
+// backend services) write. Its log is kept like any other. By default a
+// channel message is delivered as per-user copies on each member's
+// downlink, which needs no extra subscription and no ACL beyond "a user
+// reads their own downlink", but costs one publish per member. With
+// Options.ChannelBroadcast the message is published once on the channel's
+// broadcast topic instead (w/{app}/b/{conv}); that scales to large
+// audiences but members must subscribe to that topic, and the ACL must
+// allow it only to members. Either way sync and history work the same.
+package chat

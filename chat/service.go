@@ -1,0 +1,278 @@
+package chat
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warblerim/warbler/protocol"
+	"github.com/warblerim/warbler/storage"
+)
+
+// Deliverer hands outbound payloads to connected devices. Implementations
+// must not block on a slow receiver: drop, count, and let the device catch
+// up by sync. The payload must not be modified or retained past the call
+// unless copied.
+type Deliverer interface {
+	// Deliver sends payload to every device of each user (their downlink).
+	Deliver(app string, users []string, payload []byte)
+	// Broadcast publishes payload once on a channel's broadcast topic; used
+	// only with Options.ChannelBroadcast.
+	Broadcast(app, conv string, payload []byte)
+}
+
+// Sender is the authenticated origin of a request: a user's device, or a
+// backend service acting as User (Service true, Device empty). Services may
+// write to channels without being admins.
+type Sender struct {
+	App, User, Device string
+	Service           bool
+}
+
+// Retention limits how much of a conversation's log is kept. Zero fields
+// mean no limit.
+type Retention struct {
+	MaxAge      time.Duration
+	MaxMessages int
+}
+
+// Options configure a Service. Store and Deliverer are required.
+type Options struct {
+	Store     storage.ChatStore
+	Deliverer Deliverer
+	Logger    *slog.Logger // nil discards
+
+	// Limits bound requests (body size, members per request, page size).
+	Limits protocol.Limits
+	// MaxGroupSize is the most members a group or channel may have
+	// (default 1000).
+	MaxGroupSize int
+	// DedupeTTL is how long a cmid is remembered (default 24 h): a retry
+	// later than that is stored as a new message.
+	DedupeTTL time.Duration
+	// SendRate and SendBurst are the per-user send quota, in messages per
+	// second and burst size (defaults 20/s, burst 100). Negative SendRate
+	// disables the quota. The quota is per process: behind a load balancer
+	// a user may get it once per node.
+	SendRate  float64
+	SendBurst int
+	// Node distinguishes the message IDs of processes that share a store
+	// or a cluster; give each process its own. 0 picks a random one.
+	Node uint16
+	// ChannelBroadcast delivers channel messages once on the broadcast
+	// topic instead of a copy per member (see the package doc).
+	ChannelBroadcast bool
+	// Retention returns the retention of an app; nil keeps everything.
+	Retention func(app string) Retention
+	// UserExists, if set, is asked before a user is added to a
+	// conversation or sent a direct message.
+	UserExists func(ctx context.Context, app, user string) (bool, error)
+	// MaxReplyBytes bounds the messages of one sync or history page
+	// (default 256 KiB); a page always holds at least one message.
+	MaxReplyBytes int
+	// Now is the clock; nil uses time.Now.
+	Now func() time.Time
+}
+
+// Stats are the Service's counters.
+type Stats struct {
+	Sent        uint64 // messages stored
+	Duplicates  uint64 // retries answered from the dedupe record
+	Conflicts   uint64 // appends retried after another writer moved the head
+	QuotaDenied uint64 // sends refused by the quota
+}
+
+// Service is the chat domain. It is safe for concurrent use.
+type Service struct {
+	o     Options
+	store storage.ChatStore
+	out   Deliverer
+	log   *slog.Logger
+	now   func() time.Time
+	ids   *idGen
+	quota *limiter
+
+	convs sync.Map // app/conv -> *convState
+
+	sent, dups, conflicts, denied atomic.Uint64
+}
+
+// convState serialises one conversation's writes and caches its head.
+type convState struct {
+	mu     sync.Mutex
+	head   uint64
+	loaded bool
+}
+
+// New returns a Service. It starts no goroutines; see StartRetention.
+func New(o Options) (*Service, error) {
+	if o.Store == nil || o.Deliverer == nil {
+		return nil, errors.New("chat: Options.Store and Options.Deliverer are required")
+	}
+	if o.MaxGroupSize <= 0 {
+		o.MaxGroupSize = 1000
+	}
+	if o.DedupeTTL <= 0 {
+		o.DedupeTTL = 24 * time.Hour
+	}
+	if o.SendRate == 0 {
+		o.SendRate = 20
+	}
+	if o.SendBurst <= 0 {
+		o.SendBurst = 100
+	}
+	if o.MaxReplyBytes <= 0 {
+		o.MaxReplyBytes = 256 << 10
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Node == 0 {
+		var b [2]byte
+		_, _ = rand.Read(b[:])
+		o.Node = binary.BigEndian.Uint16(b[:]) | 1
+	}
+	s := &Service{
+		o:     o,
+		store: o.Store,
+		out:   o.Deliverer,
+		log:   o.Logger,
+		now:   o.Now,
+		ids:   newIDGen(o.Node),
+	}
+	if o.SendRate > 0 {
+		s.quota = newLimiter(o.SendRate, float64(o.SendBurst))
+	}
+	return s, nil
+}
+
+// Limits returns the request limits the Service was configured with, for
+// the transport's parser.
+func (s *Service) Limits() protocol.Limits { return s.o.Limits }
+
+// Stats returns the Service's counters.
+func (s *Service) Stats() Stats {
+	return Stats{Sent: s.sent.Load(), Duplicates: s.dups.Load(), Conflicts: s.conflicts.Load(), QuotaDenied: s.denied.Load()}
+}
+
+func (s *Service) conv(app, conv string) *convState {
+	k := app + "/" + conv
+	if v, ok := s.convs.Load(k); ok {
+		return v.(*convState)
+	}
+	v, _ := s.convs.LoadOrStore(k, &convState{})
+	return v.(*convState)
+}
+
+// Handle runs one parsed request for from and returns its result (the
+// "result" of a reply). Errors are *protocol.Error.
+func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) (any, error) {
+	switch r.Op {
+	case protocol.OpSend:
+		return s.Send(ctx, from, SendRequest{Conv: r.Conv, To: r.To, CMID: r.CMID, Type: r.Type, Body: r.Body})
+	case protocol.OpCreate:
+		return s.Create(ctx, from, CreateRequest{Conv: r.Conv, Kind: r.Kind, Name: r.Name, Members: r.Members})
+	case protocol.OpAdd:
+		return s.Add(ctx, from, r.Conv, r.Members, r.Role)
+	case protocol.OpRemove:
+		return s.Remove(ctx, from, r.Conv, r.Members)
+	case protocol.OpLeave:
+		return s.Leave(ctx, from, r.Conv)
+	case protocol.OpRole:
+		return s.SetRole(ctx, from, r.Conv, r.User, r.Role)
+	case protocol.OpInfo:
+		return s.Info(ctx, from, r.Conv, r.Start, r.Limit)
+	case protocol.OpConvs:
+		return s.Convs(ctx, from, r.Start, r.Limit)
+	case protocol.OpSync:
+		return s.Sync(ctx, from, r.Cursors, r.Limit)
+	case protocol.OpHistory:
+		return s.History(ctx, from, r.Conv, r.Before, r.After, r.Limit)
+	case protocol.OpRead:
+		return s.MarkRead(ctx, from, r.Conv, r.Seq)
+	case protocol.OpDelivered:
+		return s.MarkDelivered(ctx, from, r.Conv, r.Seq)
+	case protocol.OpReads:
+		return s.Reads(ctx, from, r.Conv, r.Seq)
+	}
+	return nil, protocol.Errorf(protocol.CodeBadRequest, "op: unknown operation %q", r.Op)
+}
+
+// Errors.
+
+func errNotMember(conv string) error {
+	return protocol.Errorf(protocol.CodeNotMember, "conversation %s does not exist or you are not a member", conv)
+}
+
+// internal logs a storage failure and returns an error that does not leak
+// it. Context errors become "unavailable" (the request may be retried).
+func (s *Service) internal(what string, err error) error {
+	var pe *protocol.Error
+	if errors.As(err, &pe) {
+		return pe
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return protocol.Errorf(protocol.CodeUnavailable, "%s: timed out; retry", what)
+	}
+	s.log.Error("chat storage failure", "op", what, "err", err)
+	return protocol.Errorf(protocol.CodeInternal, "%s failed in storage; retry", what)
+}
+
+// member returns from's membership of conv, or not_member. Services are
+// treated as owners of every conversation of their app.
+func (s *Service) member(ctx context.Context, from Sender, conv string) (storage.Conversation, storage.Member, error) {
+	c, err := s.store.GetConversation(ctx, from.App, conv)
+	if errors.Is(err, storage.ErrNotFound) {
+		return c, storage.Member{}, errNotMember(conv)
+	}
+	if err != nil {
+		return c, storage.Member{}, s.internal("read conversation", err)
+	}
+	if from.Service {
+		return c, storage.Member{User: from.User, Role: storage.RoleOwner}, nil
+	}
+	m, err := s.store.GetMember(ctx, from.App, conv, from.User)
+	if errors.Is(err, storage.ErrNotFound) {
+		return c, m, errNotMember(conv)
+	}
+	if err != nil {
+		return c, m, s.internal("read membership", err)
+	}
+	return c, m, nil
+}
+
+func (s *Service) checkUsers(ctx context.Context, app string, users []string) error {
+	if s.o.UserExists == nil {
+		return nil
+	}
+	for _, u := range users {
+		ok, err := s.o.UserExists(ctx, app, u)
+		if err != nil {
+			return s.internal("look up user", err)
+		}
+		if !ok {
+			return protocol.Errorf(protocol.CodeNotFound, "user %s does not exist", u)
+		}
+	}
+	return nil
+}
+
+func rank(r storage.Role) int {
+	switch r {
+	case storage.RoleOwner:
+		return 3
+	case storage.RoleAdmin:
+		return 2
+	case storage.RoleMember:
+		return 1
+	}
+	return 0
+}
