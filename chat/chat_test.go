@@ -488,7 +488,7 @@ func TestHistory(t *testing.T) {
 
 func TestReceipts(t *testing.T) {
 	e := newEnv(t, nil)
-	mustCreate(t, e.svc, dev("ann", "d"), "g", "group", "ben", "cid") // seq 1 by ann
+	mustCreate(t, e.svc, dev("ann", "d"), "g", "group", "ben", "cid")                                  // seq 1 by ann
 	e.svc.Send(ctx, dev("ben", "d"), SendRequest{Conv: "g", CMID: "1", Type: "text", Body: text("x")}) // 2
 	e.svc.Send(ctx, dev("ann", "d"), SendRequest{Conv: "g", CMID: "1", Type: "text", Body: text("x")}) // 3
 	n := len(e.rec.receipts())
