@@ -31,7 +31,7 @@ type streamListener struct {
 	log      *slog.Logger
 	closed   atomic.Bool
 	serving  atomic.Bool
-	stopped  chan struct{} // closed when Serve returns
+	stopped  chan struct{}  // closed when Serve returns
 	wg       sync.WaitGroup // connection handlers; Add only inside Serve
 	onAccept func()
 }
@@ -111,17 +111,15 @@ func (l *streamListener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-// wait blocks until Serve has returned and every connection handler it
-// started has finished.
-func (l *streamListener) wait() {
-	<-l.stopped
-	l.wg.Wait()
+// stopAccepting closes the socket; clients already connected stay.
+func (l *streamListener) stopAccepting() {
+	if l.closed.CompareAndSwap(false, true) {
+		_ = l.ln.Close()
+	}
 }
 
 // Close stops accepting and closes the listener's clients.
 func (l *streamListener) Close(closeClients listeners.CloseFn) {
-	if l.closed.CompareAndSwap(false, true) {
-		_ = l.ln.Close()
-		closeClients(l.id)
-	}
+	l.stopAccepting()
+	closeClients(l.id)
 }

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/warblerim/warbler/storage/badgerstore"
@@ -383,24 +384,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}()
 		}
 		if s.started.Load() {
-			_ = s.mqtt.Close()
-			done := make(chan struct{})
-			go func() {
-				// Our listeners count their connection handlers (each runs
-				// one client to the end), so this waits for every client.
-				for _, l := range s.streams {
-					l.wait()
-				}
-				for _, l := range s.ws {
-					l.conns.Wait()
-				}
-				close(done)
-			}()
-			select {
-			case <-done:
-			case <-ctx.Done():
-				s.log.Warn("shutdown: clients still closing at deadline")
-			}
+			s.stopBroker(ctx)
 		}
 		wg.Wait()
 		for _, h := range s.httpSrv {
@@ -412,6 +396,60 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	})
 	return s.stopErr
+}
+
+// stopBroker stops the listeners, disconnects every client with "server
+// shutting down" and waits (until ctx ends) for their handlers to finish
+// before closing the broker. The order matters: the broker's own Close waits
+// on a WaitGroup that its connection handlers Add to, so it must only run
+// once no handler can start.
+func (s *Server) stopBroker(ctx context.Context) {
+	for _, l := range s.streams {
+		l.stopAccepting()
+	}
+	for _, l := range s.ws {
+		l.stopAccepting()
+	}
+	for _, l := range s.streams {
+		<-l.stopped
+	}
+	sweep := func() {
+		for _, cl := range s.mqtt.Clients.GetAll() {
+			if !cl.Net.Inline && !cl.Closed() {
+				_ = s.mqtt.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			}
+		}
+	}
+	sweep()
+	done := make(chan struct{})
+	go func() {
+		// Our listeners count their connection handlers (each runs one
+		// client to the end), so this waits for every client.
+		for _, l := range s.streams {
+			l.wg.Wait()
+		}
+		for _, l := range s.ws {
+			l.conns.Wait()
+		}
+		close(done)
+	}()
+	// A client that was mid-CONNECT during the first sweep is caught by a
+	// later one.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-done:
+			break wait
+		case <-tick.C:
+			sweep()
+		case <-ctx.Done():
+			s.log.Warn("shutdown: clients still closing at deadline")
+			break wait
+		}
+	}
+	_ = s.mqtt.Close()
 }
 
 func (s *Server) closeAll() error {

@@ -97,12 +97,15 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 
 // Close stops new upgrades and closes the listener's clients.
 func (l *wsListener) Close(closeClients listeners.CloseFn) {
+	l.stopAccepting()
+	closeClients(l.id)
+}
+
+// stopAccepting refuses further upgrades; connected clients stay.
+func (l *wsListener) stopAccepting() {
 	l.mu.Lock()
-	first := l.closed.CompareAndSwap(false, true)
+	l.closed.Store(true)
 	l.mu.Unlock()
-	if first {
-		closeClients(l.id)
-	}
 }
 
 // ServeHTTP upgrades a request to a WebSocket and hands it to the broker.
