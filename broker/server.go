@@ -29,6 +29,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warblerim/warbler/hooks"
 	"github.com/warblerim/warbler/storage/badgerstore"
 )
 
@@ -130,6 +131,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 			atomic.LoadInt64(&i.Inflight), atomic.LoadInt64(&i.Retained), atomic.LoadInt64(&i.Subscriptions)
 	})
 	if err := s.mqtt.AddHook(newMetricsHook(s.metrics), nil); err != nil {
+		return nil, err
+	}
+	if err := s.mqtt.AddHook(hooks.NewSessions(s.db.KV("q/"), log.With("component", "sessions")), nil); err != nil {
 		return nil, err
 	}
 	for _, h := range opts.Hooks {

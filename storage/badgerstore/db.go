@@ -9,6 +9,7 @@
 //	c/   chat: conversations, members, cursors, dedupe entries
 //	m/   chat: the per-conversation message log
 //	p/   push bridge: queue and ledger
+//	q/   broker: retained messages and persistent MQTT sessions
 //	w/   webhooks and service events
 //	s/   server-wide settings and secrets
 //

@@ -1,0 +1,247 @@
+package hooks
+
+import (
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// KV is the key-value store the session hook keeps its records in.
+type KV interface {
+	Put(key string, val []byte) error
+	Delete(key string) error
+	DeletePrefix(prefix string) error
+	Scan(prefix string, fn func(key string, val []byte) error) error
+}
+
+// Sessions persists the MQTT state that an operator expects to survive a
+// restart: retained messages, and the persistent sessions (MQTT 5 with a
+// session expiry, MQTT 3 with clean session off) with their subscriptions.
+// Clean sessions are never written, so ordinary connections cost no I/O.
+//
+// Queued QoS 1/2 deliveries of plain MQTT sessions are not persisted (the
+// broker would write one record per subscriber per message); chat messages
+// do not depend on them, as they are kept in the durable message log and
+// synced from there.
+type Sessions struct {
+	mqtt.HookBase
+	kv    KV
+	log   *slog.Logger
+	known sync.Map // client IDs with a stored record, so clean connects cost no I/O
+}
+
+// NewSessions returns a hook storing into kv.
+func NewSessions(kv KV, log *slog.Logger) *Sessions { return &Sessions{kv: kv, log: log} }
+
+// ID implements mqtt.Hook.
+func (h *Sessions) ID() string { return "warbler-sessions" }
+
+// Provides implements mqtt.Hook.
+func (h *Sessions) Provides(b byte) bool {
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWillSent,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
+		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredRetainedMessages:
+		return true
+	}
+	return false
+}
+
+const (
+	keyClient   = "c/"
+	keySub      = "s/"
+	keyRetained = "r/"
+)
+
+// enc makes a client ID safe as a key segment (client IDs may hold '/').
+func enc(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
+
+func persistent(cl *mqtt.Client) bool {
+	if cl.Net.Inline {
+		return false
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func (h *Sessions) warn(what string, err error) {
+	if err != nil {
+		h.log.Error("session store write failed", "op", what, "error", err)
+	}
+}
+
+func (h *Sessions) putClient(cl *mqtt.Client) {
+	props := cl.Properties.Props.Copy(false)
+	rec := storage.Client{
+		ID: cl.ID, T: storage.ClientKey, Remote: cl.Net.Remote, Listener: cl.Net.Listener,
+		Username: cl.Properties.Username, Clean: cl.Properties.Clean, ProtocolVersion: cl.Properties.ProtocolVersion,
+		Properties: storage.ClientProperties{
+			SessionExpiryInterval: props.SessionExpiryInterval,
+			AuthenticationMethod:  props.AuthenticationMethod,
+			RequestProblemInfo:    props.RequestProblemInfo,
+			RequestResponseInfo:   props.RequestResponseInfo,
+			ReceiveMaximum:        props.ReceiveMaximum,
+			TopicAliasMaximum:     props.TopicAliasMaximum,
+			User:                  props.User,
+			MaximumPacketSize:     props.MaximumPacketSize,
+		},
+		Will: storage.ClientWill(cl.Properties.Will),
+	}
+	b, err := rec.MarshalBinary()
+	if err == nil {
+		err = h.kv.Put(keyClient+enc(cl.ID), b)
+	}
+	h.warn("client", err)
+	h.known.Store(cl.ID, true)
+}
+
+func (h *Sessions) dropClient(id string) {
+	if _, ok := h.known.LoadAndDelete(id); !ok {
+		return
+	}
+	h.warn("delete client", h.kv.Delete(keyClient+enc(id)))
+	h.warn("delete subscriptions", h.kv.DeletePrefix(keySub+enc(id)+"/"))
+}
+
+// OnSessionEstablished records a persistent session; a clean session that
+// replaces a persistent one of the same client ID removes its record.
+func (h *Sessions) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
+	if persistent(cl) {
+		h.putClient(cl)
+		return
+	}
+	if !cl.Net.Inline {
+		h.dropClient(cl.ID)
+	}
+}
+
+// OnWillSent updates the record once the will is gone.
+func (h *Sessions) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if persistent(cl) {
+		h.putClient(cl)
+	}
+}
+
+// OnDisconnect forgets a session that ends with the connection.
+func (h *Sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if !expire || cl.Net.Inline || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
+		return
+	}
+	if persistent(cl) || cl.Net.Conn == nil {
+		h.dropClient(cl.ID)
+	}
+}
+
+// OnClientExpired forgets a session whose expiry has passed.
+func (h *Sessions) OnClientExpired(cl *mqtt.Client) { h.dropClient(cl.ID) }
+
+// OnSubscribed records the granted subscriptions of a persistent session.
+func (h *Sessions) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	if !persistent(cl) {
+		return
+	}
+	for i, f := range pk.Filters {
+		if i >= len(codes) || codes[i] >= 0x80 {
+			continue
+		}
+		rec := storage.Subscription{
+			ID: enc(cl.ID) + "/" + f.Filter, T: storage.SubscriptionKey, Client: cl.ID, Qos: codes[i],
+			Filter: f.Filter, Identifier: f.Identifier, NoLocal: f.NoLocal,
+			RetainHandling: f.RetainHandling, RetainAsPublished: f.RetainAsPublished,
+		}
+		b, err := rec.MarshalBinary()
+		if err == nil {
+			err = h.kv.Put(keySub+rec.ID, b)
+		}
+		h.warn("subscription", err)
+	}
+}
+
+// OnUnsubscribed removes subscriptions.
+func (h *Sessions) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if !persistent(cl) {
+		return
+	}
+	for _, f := range pk.Filters {
+		h.warn("unsubscribe", h.kv.Delete(keySub+enc(cl.ID)+"/"+f.Filter))
+	}
+}
+
+// OnRetainMessage stores (r=1) or clears (r=-1) a retained message.
+func (h *Sessions) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) {
+	key := keyRetained + pk.TopicName
+	if r == -1 {
+		h.warn("clear retained", h.kv.Delete(key))
+		return
+	}
+	if r != 1 {
+		return
+	}
+	props := pk.Properties.Copy(false)
+	rec := storage.Message{
+		ID: key, T: storage.RetainedKey, FixedHeader: pk.FixedHeader, TopicName: pk.TopicName,
+		Payload: pk.Payload, Created: pk.Created, Client: cl.ID, Origin: pk.Origin,
+		Properties: storage.MessageProperties{
+			PayloadFormat: props.PayloadFormat, MessageExpiryInterval: props.MessageExpiryInterval,
+			ContentType: props.ContentType, ResponseTopic: props.ResponseTopic,
+			CorrelationData: props.CorrelationData, User: props.User,
+		},
+	}
+	b, err := rec.MarshalBinary()
+	if err == nil {
+		err = h.kv.Put(key, b)
+	}
+	h.warn("retained", err)
+}
+
+// OnRetainedExpired removes an expired retained message.
+func (h *Sessions) OnRetainedExpired(topic string) {
+	h.warn("expire retained", h.kv.Delete(keyRetained+topic))
+}
+
+// StoredClients implements mqtt.Hook.
+func (h *Sessions) StoredClients() (v []storage.Client, err error) {
+	err = h.kv.Scan(keyClient, func(_ string, b []byte) error {
+		var c storage.Client
+		if err := c.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		h.known.Store(c.ID, true)
+		v = append(v, c)
+		return nil
+	})
+	return v, err
+}
+
+// StoredSubscriptions implements mqtt.Hook.
+func (h *Sessions) StoredSubscriptions() (v []storage.Subscription, err error) {
+	err = h.kv.Scan(keySub, func(_ string, b []byte) error {
+		var s storage.Subscription
+		if err := s.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		v = append(v, s)
+		return nil
+	})
+	return v, err
+}
+
+// StoredRetainedMessages implements mqtt.Hook.
+func (h *Sessions) StoredRetainedMessages() (v []storage.Message, err error) {
+	err = h.kv.Scan(keyRetained, func(k string, b []byte) error {
+		var m storage.Message
+		if err := m.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		v = append(v, m)
+		return nil
+	})
+	return v, err
+}
