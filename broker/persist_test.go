@@ -22,6 +22,7 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 		if err := s.Start(); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
 		return s
 	}
 	persistentConnect := func(s *Server, id string) (*mqtttest.Client, *paho.Connack) {
@@ -53,7 +54,6 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 	}
 
 	s = start()
-	defer s.Shutdown(context.Background())
 	// The retained message is back.
 	late := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "late", "", "")
 	late.Subscribe(t, "r/1")
