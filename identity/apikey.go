@@ -143,7 +143,8 @@ func (s *Service) ListKeys(ctx context.Context, app string) ([]KeyInfo, error) {
 }
 
 // RotateKey gives key id of app a new secret and returns its plaintext;
-// the old secret stops working at once. A key of another app is not found.
+// the old secret stops working at once and OnRevoke is called for the key.
+// A key of another app is not found.
 func (s *Service) RotateKey(ctx context.Context, app, id string) (string, KeyInfo, error) {
 	plain, digest := newKeySecret(id)
 	k, err := s.store.UpdateAPIKey(ctx, id, func(k *storage.APIKey) error {
@@ -157,10 +158,12 @@ func (s *Service) RotateKey(ctx context.Context, app, id string) (string, KeyInf
 	if err != nil {
 		return "", KeyInfo{}, err
 	}
+	s.fireRevoke(RevokeEvent{App: app, KeyID: id, Reason: "key_rotated"})
 	return plain, keyInfo(k), nil
 }
 
-// DeleteKey revokes key id of app. A key of another app is not found.
+// DeleteKey revokes key id of app and calls OnRevoke for it. A key of
+// another app is not found.
 func (s *Service) DeleteKey(ctx context.Context, app, id string) error {
 	if !protocol.ValidID(id) {
 		return ErrNotFound
@@ -172,7 +175,11 @@ func (s *Service) DeleteKey(ctx context.Context, app, id string) error {
 	if k.App != app {
 		return ErrNotFound
 	}
-	return s.store.DeleteAPIKey(ctx, id)
+	if err := s.store.DeleteAPIKey(ctx, id); err != nil {
+		return err
+	}
+	s.fireRevoke(RevokeEvent{App: app, KeyID: id, Reason: "key_deleted"})
+	return nil
 }
 
 // VerifyKey checks an API key and returns its record. Keys of disabled apps

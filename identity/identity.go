@@ -144,14 +144,20 @@ type Options struct {
 	OnRevoke func(RevokeEvent)
 }
 
-// RevokeEvent describes a revocation. An empty User means every user of
-// App; a non-empty SessionID or TokenID narrows it to one sign-in.
+// RevokeEvent describes a revocation. A non-empty KeyID names one API key
+// of App (deleted or rotated). Otherwise an empty User means everyone of
+// App, and a non-empty SessionID or TokenID narrows a user's revocation to
+// one sign-in.
 type RevokeEvent struct {
 	App       string
 	User      string
 	SessionID string
 	TokenID   string
-	Reason    string // "logout", "user_disabled", "sessions_revoked", "app_disabled", "secret_rotated", "refresh_reuse"
+	KeyID     string
+	// Reason is one of "logout", "user_disabled", "sessions_revoked",
+	// "app_disabled", "secret_rotated", "refresh_reuse", "key_deleted",
+	// "key_rotated".
+	Reason string
 }
 
 // Service is the identity service. It is safe for concurrent use.
