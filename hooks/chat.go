@@ -27,8 +27,18 @@ package hooks
 //
 // Outbound messages go through the server's inline client (InjectPacket),
 // synchronously in the caller's goroutine. That re-enters OnPublish with
-// cl.Net.Inline set; the hook returns at once for those. mochi's fan-out
-// never blocks: a client whose outbound queue is full loses the message
+// cl.Net.Inline set; the hook returns at once for those.
+//
+// Live delivery is QoS 0 by default, on purpose. The log is the durable
+// copy and devices sync on connect, on a seq gap and on a hint, so MQTT-level
+// redelivery adds nothing but duplicates. And QoS 1 fan-out in mochi v2.7.9
+// is not non-blocking: publishToClient takes the subscriber's client lock
+// (NextPacketID, clients.go:277) and the subscriber's write loop holds that
+// same lock while it writes to the socket (WritePacket, clients.go:603). A
+// subscriber that stops reading therefore stalls every publisher to it,
+// sender and conversation lock included, until its connection times out
+// (measured: 45 s with a 30 s keepalive). At QoS 0 mochi only does a
+// non-blocking channel send; a client whose queue is full loses the message
 // (OnPublishDropped). The hook counts those and sends the client a sync
 // hint on its device topic a moment later, retrying until one gets through;
 // the device then syncs from the log and misses nothing.
@@ -65,6 +75,10 @@ type ChatOptions struct {
 	// HintInterval is how often clients that lost a live message are sent
 	// a sync hint (default 1 s).
 	HintInterval time.Duration
+	// DeliveryQoS is the QoS of outbound publishes (default 0). 1 makes
+	// mochi track each delivery as inflight, and lets one stalled
+	// subscriber block its publishers; see the file comment.
+	DeliveryQoS byte
 }
 
 // ChatStats are the hook's counters.
@@ -89,6 +103,7 @@ type Chat struct {
 	limits  protocol.Limits
 	log     *slog.Logger
 	timeout time.Duration
+	qos     byte
 
 	mu     sync.Mutex
 	behind map[string]struct{} // client IDs owed a sync hint
@@ -132,6 +147,7 @@ func (h *Chat) Init(config any) error {
 		h.log = slog.New(slog.DiscardHandler)
 	}
 	h.timeout = o.Timeout
+	h.qos = min(o.DeliveryQoS, 1)
 	if h.timeout <= 0 {
 		h.timeout = 10 * time.Second
 	}
@@ -254,16 +270,16 @@ func (h *Chat) Broadcast(app, conv string, payload []byte) {
 	h.publish(protocol.Broadcast(app, conv), payload, nil)
 }
 
-// publish injects a QoS 1 JSON publish from the inline client.
+// publish injects a JSON publish from the inline client.
 func (h *Chat) publish(topic string, payload, corr []byte) {
 	if h.server == nil {
 		return
 	}
 	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: h.qos},
 		TopicName:   topic,
 		Payload:     payload,
-		PacketID:    1, // required by validation; the inline client has no ack flow
+		PacketID:    uint16(h.qos), // validation wants one for QoS 1; the inline client has no ack flow
 		Properties: packets.Properties{
 			CorrelationData:   corr,
 			ContentType:       "application/json",

@@ -483,6 +483,10 @@ type v3 struct {
 	r    *bufio.Reader
 	id   uint16
 	mu   sync.Mutex
+	// pending holds publishes read while waiting for a PUBACK (the broker
+	// writes acks and routed messages from different goroutines, so their
+	// order on the wire varies).
+	pending []packets.Packet
 }
 
 func dialV3(t testing.TB, addr, user, dev string) *v3 {
@@ -586,8 +590,8 @@ func readPacket(r *bufio.Reader) (packets.Packet, error) {
 	return pk, err
 }
 
-// publish sends payload on the uplink at QoS 1 and returns the packets
-// received before the PUBACK plus the PUBACK.
+// publish sends payload at QoS 1 and returns the PUBACK; publishes that
+// arrive meanwhile are kept for next.
 func (c *v3) publish(topic, payload string) packets.Packet {
 	c.t.Helper()
 	c.id++
@@ -598,6 +602,9 @@ func (c *v3) publish(topic, payload string) packets.Packet {
 		if pk.FixedHeader.Type == packets.Puback && pk.PacketID == id {
 			return pk
 		}
+		if pk.FixedHeader.Type == packets.Publish {
+			c.pending = append(c.pending, pk)
+		}
 	}
 }
 
@@ -605,7 +612,12 @@ func (c *v3) publish(topic, payload string) packets.Packet {
 func (c *v3) next(ok func(map[string]any) bool) map[string]any {
 	c.t.Helper()
 	for {
-		pk := c.read()
+		var pk packets.Packet
+		if len(c.pending) > 0 {
+			pk, c.pending = c.pending[0], c.pending[1:]
+		} else {
+			pk = c.read()
+		}
 		if pk.FixedHeader.Type != packets.Publish {
 			continue
 		}
