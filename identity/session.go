@@ -155,11 +155,15 @@ func (l *stripedLocks) get(k string) *sync.Mutex {
 }
 
 // Refresh spends a refresh token of app and returns a new session with the
-// same session ID and device. Each refresh token works once: the spent one
+// same session ID and device. An unknown or disabled app is ErrNotFound or
+// ErrAppDisabled. Each refresh token works once: the spent one
 // is revoked, and presenting a spent token again is taken as a sign of
 // theft, which revokes the whole session (both the thief's and the
 // owner's tokens) and calls OnRevoke.
 func (s *Service) Refresh(ctx context.Context, app, refresh string) (*Session, error) {
+	if _, err := s.activeApp(app); err != nil {
+		return nil, err
+	}
 	p, err := parseToken(refresh)
 	if err != nil {
 		return nil, err

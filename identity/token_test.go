@@ -195,6 +195,10 @@ func TestTokenRevocation(t *testing.T) {
 		if s2.Device != "d1" || s2.RefreshToken == s.RefreshToken {
 			t.Fatalf("refreshed %+v", s2)
 		}
+		if _, err := f.svc.Refresh(ctx, "other", s2.RefreshToken); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("refresh under an unknown app: %v", err)
+		}
+		must[storage.App](t)(f.svc.CreateApp(ctx, AppSpec{ID: "other"}))
 		if _, err := f.svc.Refresh(ctx, "other", s2.RefreshToken); !errors.Is(err, ErrInvalidToken) {
 			t.Fatalf("refresh under another app: %v", err)
 		}
