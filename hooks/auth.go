@@ -316,21 +316,29 @@ func (a *Auth) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 func (a *Auth) OnClientExpired(cl *mqtt.Client) { a.reg.remove(cl) }
 
 // revoke handles a revocation from the identity service: the principals it
-// covers are marked revoked (the ACL denies them everything from now on)
-// and their connections are closed, MQTT 5 clients first getting
-// DISCONNECT 0x87.
+// covers are marked revoked at once (the ACL denies them everything from
+// then on) and their connections are closed, MQTT 5 clients first getting
+// DISCONNECT 0x87. The closing happens in the background, so that a client
+// that does not read cannot stall the caller (an HTTP handler); a write
+// that has not finished within a second is cut short by closing the
+// connection.
 func (a *Auth) revoke(ev identity.RevokeEvent) {
 	for _, p := range a.reg.revoke(ev) {
 		cl := p.client
 		if cl.Closed() {
 			continue
 		}
-		if cl.Properties.ProtocolVersion == 5 {
-			_ = cl.WritePacket(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
-				ReasonCode:  packets.ErrNotAuthorized.Code,
-			})
-		}
-		cl.Stop(packets.ErrNotAuthorized)
+		a.log.Info("mqtt client disconnected: credentials revoked", "client", cl.ID, "reason", ev.Reason)
+		go func() {
+			t := time.AfterFunc(time.Second, func() { cl.Stop(packets.ErrNotAuthorized) })
+			defer t.Stop()
+			if cl.Properties.ProtocolVersion == 5 {
+				_ = cl.WritePacket(packets.Packet{
+					FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+					ReasonCode:  packets.ErrNotAuthorized.Code,
+				})
+			}
+			cl.Stop(packets.ErrNotAuthorized)
+		}()
 	}
 }
