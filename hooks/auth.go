@@ -66,6 +66,8 @@ type Authenticator interface {
 	VerifyAccess(token string) (*identity.Claims, error)
 	VerifyKey(ctx context.Context, key string) (*identity.KeyInfo, error)
 	AppRules(app string) *identity.Rules
+	AppActive(app string) bool
+	UserActive(app, user string) bool
 	OnRevoke(fn func(identity.RevokeEvent))
 }
 
@@ -87,6 +89,11 @@ type AuthOptions struct {
 	Principals *Principals
 	// Anonymous, if non-nil, enables anonymous listeners. Off by default.
 	Anonymous *AnonymousOptions
+	// RestoreSessions gives a principal to each persistent session that
+	// the broker restores from storage at start (see below), so that it
+	// keeps receiving while its owner is away. Without it such a session
+	// receives nothing until its owner connects again.
+	RestoreSessions bool
 	// KeyTimeout bounds the store lookup of an API key; 5s if 0.
 	KeyTimeout time.Duration
 	Logger     *slog.Logger
@@ -137,6 +144,7 @@ type Auth struct {
 	anonApp   string
 	anonRules *identity.Rules
 	keyTO     time.Duration
+	restore   bool
 	log       *slog.Logger
 
 	refused [numRefusals]atomic.Uint64
@@ -150,7 +158,7 @@ func NewAuth(o AuthOptions) (*Auth, error) {
 	if o.Identity == nil || o.Principals == nil {
 		return nil, errors.New("hooks: AuthOptions.Identity and Principals are required")
 	}
-	a := &Auth{id: o.Identity, reg: o.Principals, anon: map[string]bool{}, keyTO: o.KeyTimeout, log: o.Logger}
+	a := &Auth{id: o.Identity, reg: o.Principals, anon: map[string]bool{}, keyTO: o.KeyTimeout, restore: o.RestoreSessions, log: o.Logger}
 	if a.keyTO <= 0 {
 		a.keyTO = 5 * time.Second
 	}
@@ -306,10 +314,57 @@ func (a *Auth) authService(cl *mqtt.Client, username, key, app, user, name strin
 // OnDisconnect implements mqtt.Hook: a session that ends with its
 // connection drops its principal; a persistent one keeps it until it
 // expires.
+//
+// mochi also calls OnDisconnect once for every session it restores from
+// storage at start; those never connected in this process (no network
+// connection) and have no principal. With AuthOptions.RestoreSessions the
+// hook rebuilds one from the client ID, which the Auth hook bound to the
+// identity when the session was created:
+//
+//	{app}:{user}:{device}  a user, if the app is enabled and the user has no
+//	                       revocation on record (identity.Service.UserActive)
+//	{app}:_svc:{name}      a service, if the app is enabled
+//	plain ID               an anonymous client, if it was on an anonymous listener
+//
+// The admin's sessions are not restored. A restored principal is replaced
+// when the owner connects again, and is covered by later revocations.
 func (a *Auth) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
-	if expire {
+	switch {
+	case expire:
 		a.reg.remove(cl)
+	case a.restore && cl.Net.Conn == nil && !cl.Net.Inline:
+		if _, ok := a.reg.Lookup(cl.ID); !ok {
+			if p := a.restored(cl); p != nil {
+				a.reg.set(p)
+			}
+		}
 	}
+}
+
+// restored builds the principal of a session restored from storage, or
+// nil if it gets none.
+func (a *Auth) restored(cl *mqtt.Client) *Principal {
+	if a.anon[cl.Net.Listener] {
+		if !protocol.ValidID(cl.ID) {
+			return nil
+		}
+		p := newPrincipal(KindAnonymous, cl, a.anonApp, "", "")
+		p.rules = a.anonRules
+		return p
+	}
+	app, user, device, ok := protocol.ParseClientID(cl.ID)
+	if !ok || app == identity.AdminApp || !a.id.AppActive(app) {
+		return nil
+	}
+	if user == identity.ServiceUser {
+		return newPrincipal(KindService, cl, app, user, device)
+	}
+	if user[0] == '_' || !a.id.UserActive(app, user) {
+		return nil
+	}
+	p := newPrincipal(KindUser, cl, app, user, device)
+	p.rules = a.id.AppRules(app)
+	return p
 }
 
 // OnClientExpired implements mqtt.Hook.

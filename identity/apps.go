@@ -330,3 +330,19 @@ func parsePublicKey(text string) (crypto.PublicKey, error) {
 	}
 	return nil, bad("only Ed25519 and RSA keys are supported")
 }
+
+// UserActive reports, from memory, whether app is enabled and user has no
+// revocation on record: not disabled, and no not-before time (set by a
+// password change or a revocation of all sessions). It is deliberately
+// conservative; the broker uses it to decide whether a session restored
+// from storage may keep receiving before its owner reconnects.
+func (s *Service) UserActive(app, user string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	e := s.apps[app]
+	if e == nil || e.app.Disabled {
+		return false
+	}
+	_, revoked := s.users[userKey{app, user}]
+	return !revoked
+}
