@@ -25,8 +25,8 @@ package hooks
 //   - "$share/{group}/{filter}" is checked as its filter; a malformed shared
 //     filter is refused.
 //   - A client without a principal (one that some other hook let in, or a
-//     session restored from storage whose owner has not reconnected) and a
-//     revoked principal are refused everything.
+//     session restored from storage that the Auth hook did not restore)
+//     and a revoked principal are refused everything.
 //
 // mochi ORs the answers of all hooks that provide OnACLCheck, so any other
 // hook that answers true would widen these rules. Add no other ACL hook.

@@ -83,8 +83,9 @@ func (p *Principal) Revoked() bool { return p.revoked.Load() }
 // persistent session keeps its entry while offline, so messages queued
 // for it pass the read ACL. A new connection with the same client ID
 // replaces the entry, and the stale client's disconnect leaves the new
-// entry alone. Sessions restored from storage at start have no entry and
-// receive nothing until their owner connects again.
+// entry alone. Sessions restored from storage at start have no entry, and
+// receive nothing until their owner connects again, unless the Auth hook
+// runs with AuthOptions.RestoreSessions.
 type Principals struct {
 	m sync.Map // client ID -> *Principal
 }
