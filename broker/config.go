@@ -23,6 +23,7 @@ type Config struct {
 
 	MQTT MQTTConfig `yaml:"mqtt"`
 	HTTP HTTPConfig `yaml:"http"`
+	Chat ChatConfig `yaml:"chat"`
 	TLS  TLSConfig  `yaml:"tls"`
 	Log  LogConfig  `yaml:"log"`
 }
@@ -76,6 +77,43 @@ type MQTTConfig struct {
 	MaxConnections int64 `yaml:"max_connections"`
 	// MaxTopicLevels caps the levels of a topic or filter (32).
 	MaxTopicLevels int `yaml:"max_topic_levels"`
+	// PublicAddr is the MQTT host:port handed to clients with their
+	// credentials; by default the bound address, with 127.0.0.1 for an
+	// unspecified host.
+	PublicAddr string `yaml:"public_addr"`
+	// Anonymous configures an optional listener whose clients need no
+	// credentials and share one sandbox app's IoT area. Off by default.
+	Anonymous AnonymousConfig `yaml:"anonymous"`
+}
+
+// AnonymousConfig configures the anonymous listener.
+type AnonymousConfig struct {
+	// Addr enables the listener ("" disables it, the default).
+	Addr string `yaml:"addr"`
+	// App is the sandbox app anonymous clients belong to ("sandbox").
+	App string `yaml:"app"`
+	// Rules grant topics under w/{App}/iot/, like an app's IoT rules; %c
+	// is the client ID.
+	Rules []RuleConfig `yaml:"rules"`
+}
+
+// RuleConfig is one topic rule: an MQTT filter pattern and its access
+// (read, write or readwrite).
+type RuleConfig struct {
+	Pattern string `yaml:"pattern"`
+	Access  string `yaml:"access"`
+}
+
+// ChatConfig configures the chat service.
+type ChatConfig struct {
+	// SendRate is each user's sustained send quota in messages per second
+	// (20); -1 disables the quota. SendBurst is the burst allowed (100).
+	SendRate  float64 `yaml:"send_rate"`
+	SendBurst int     `yaml:"send_burst"`
+	// MaxGroupSize is the most members of a group or channel (1000).
+	MaxGroupSize int `yaml:"max_group_size"`
+	// MaxBody is the largest message body in bytes (65536).
+	MaxBody int `yaml:"max_body"`
 }
 
 // HTTPConfig configures the HTTP listener: API, health, metrics, the web
@@ -143,8 +181,13 @@ func Default() Config {
 			MaxSessionExpiry: Duration(7 * 24 * time.Hour),
 			MaxMessageExpiry: 0,
 			MaxTopicLevels:   32,
+			Anonymous: AnonymousConfig{App: "sandbox", Rules: []RuleConfig{
+				{Pattern: "w/{app}/iot/%c/#", Access: "readwrite"},
+				{Pattern: "w/{app}/iot/public/#", Access: "readwrite"},
+			}},
 		},
 		HTTP: HTTPConfig{Addr: ":8080"},
+		Chat: ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
 		Log:  LogConfig{Level: "info"},
 	}
 }
@@ -223,6 +266,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.ReceiveMaximum == 0 || c.MQTT.MaxInflight == 0 {
 		return errors.New("config: mqtt.receive_maximum and mqtt.max_inflight must be positive")
+	}
+	if c.Chat.MaxBody < 1 || c.Chat.MaxBody > int(c.MQTT.MaxPacketSize) {
+		return fmt.Errorf("config: chat.max_body %d must be between 1 and mqtt.max_packet_size", c.Chat.MaxBody)
+	}
+	if c.Chat.SendRate == 0 || c.Chat.SendRate < -1 {
+		return errors.New("config: chat.send_rate must be positive, or -1 for no quota")
 	}
 	if c.MQTT.WSPath == "" || !strings.HasPrefix(c.MQTT.WSPath, "/") {
 		return fmt.Errorf("config: mqtt.ws_path %q must start with /", c.MQTT.WSPath)

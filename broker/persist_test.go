@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
 
 	"github.com/warblerim/warbler/internal/mqtttest"
 )
@@ -15,7 +13,7 @@ import (
 func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 	cfg := loopbackConfig(t)
 	start := func() *Server {
-		s, err := New(cfg, Options{Logger: testLogger(t), Hooks: []mqtt.Hook{new(auth.AllowHook)}})
+		s, err := New(cfg, Options{Logger: testLogger(t)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -25,9 +23,10 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
 		return s
 	}
-	persistentConnect := func(s *Server, id string) (*mqtttest.Client, *paho.Connack) {
+	persistentConnect := func(s *Server, device string) (*mqtttest.Client, *paho.Connack) {
+		cid, user, pass := creds(t, s, "keeper", device)
 		c, ack, err := mqtttest.Connect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), &paho.Connect{
-			ClientID: id, CleanStart: false,
+			ClientID: cid, CleanStart: false, Username: user, UsernameFlag: true, Password: []byte(pass), PasswordFlag: true,
 			Properties: &paho.ConnectProperties{SessionExpiryInterval: func() *uint32 { v := uint32(3600); return &v }()},
 		})
 		if err != nil {
@@ -38,15 +37,15 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 
 	s := start()
 	dev, _ := persistentConnect(s, "device-1")
-	if r := dev.Subscribe(t, "p/1"); r[0] != 1 {
+	if r := dev.Subscribe(t, iot("keeper", "p/1")); r[0] != 1 {
 		t.Fatalf("suback %v", r)
 	}
-	clean := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "clean-1", "", "")
-	clean.Subscribe(t, "c/1")
-	pub := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "pub-1", "", "")
+	clean := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "keeper", "clean-1")
+	clean.Subscribe(t, iot("keeper", "c/1"))
+	pub := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "keeper", "pub-1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := pub.Client.Publish(ctx, &paho.Publish{Topic: "r/1", QoS: 1, Retain: true, Payload: []byte("kept")}); err != nil {
+	if _, err := pub.Client.Publish(ctx, &paho.Publish{Topic: iot("keeper", "r/1"), QoS: 1, Retain: true, Payload: []byte("kept")}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Shutdown(ctx); err != nil {
@@ -55,35 +54,35 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 
 	s = start()
 	// The retained message is back.
-	late := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "late", "", "")
-	late.Subscribe(t, "r/1")
+	late := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "keeper", "late")
+	late.Subscribe(t, iot("keeper", "r/1"))
 	if m := late.Expect(t); string(m.Payload) != "kept" || !m.Retain {
 		t.Fatalf("retained after restart: %q retain=%v", m.Payload, m.Retain)
 	}
 	// The persistent session is back with its subscription; the clean one is not.
-	if n := len(s.MQTT().Topics.Subscribers("c/1").Subscriptions); n != 0 {
+	if n := len(s.MQTT().Topics.Subscribers(iot("keeper", "c/1")).Subscriptions); n != 0 {
 		t.Fatalf("clean session's subscription restored (%d)", n)
 	}
 	dev, ack := persistentConnect(s, "device-1")
 	if !ack.SessionPresent {
 		t.Fatal("persistent session not present after restart")
 	}
-	pub = mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "pub-2", "", "")
-	if _, err := pub.Publish(t, "p/1", 1, []byte("after restart")); err != nil {
+	pub = connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "keeper", "pub-2")
+	if _, err := pub.Publish(t, iot("keeper", "p/1"), 1, []byte("after restart")); err != nil {
 		t.Fatal(err)
 	}
 	if m := dev.Expect(t); string(m.Payload) != "after restart" {
 		t.Fatalf("got %q", m.Payload)
 	}
 	// Clearing the retained message is persisted too.
-	if _, err := pub.Client.Publish(ctx, &paho.Publish{Topic: "r/1", QoS: 1, Retain: true}); err != nil {
+	if _, err := pub.Client.Publish(ctx, &paho.Publish{Topic: iot("keeper", "r/1"), QoS: 1, Retain: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 	s = start()
-	if n := len(s.MQTT().Topics.Messages("r/1")); n != 0 {
+	if n := len(s.MQTT().Topics.Messages(iot("keeper", "r/1"))); n != 0 {
 		t.Fatalf("cleared retained message came back (%d)", n)
 	}
 }

@@ -29,7 +29,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warblerim/warbler/chat"
 	"github.com/warblerim/warbler/hooks"
+	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/storage/badgerstore"
 )
 
@@ -51,6 +53,8 @@ type Addrs struct {
 	WS      string `json:"ws,omitempty"`
 	WSS     string `json:"wss,omitempty"`
 	HTTP    string `json:"http,omitempty"`
+	// Anonymous is the listener of clients without credentials, if enabled.
+	Anonymous string `json:"anonymous,omitempty"`
 }
 
 // Server is one running Warbler node.
@@ -66,6 +70,12 @@ type Server struct {
 	ws      []*wsListener
 	httpSrv []*httpListener
 	mux     *http.ServeMux
+
+	identity   *identity.Service
+	principals *hooks.Principals
+	auth       *hooks.Auth
+	acl        *hooks.ACL
+	chat       *chat.Service
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -142,6 +152,12 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		}
 	}
 
+	if err := s.wireIdentity(); err != nil {
+		return nil, err
+	}
+	if err := s.wireChat(); err != nil {
+		return nil, err
+	}
 	if err := s.bindListeners(); err != nil {
 		return nil, err
 	}
@@ -238,6 +254,11 @@ func (s *Server) bindListeners() error {
 			return err
 		}
 	}
+	if a := s.cfg.MQTT.Anonymous.Addr; a != "" {
+		if s.addrs.Anonymous, err = addStream("anonymous", "tcp", a, nil); err != nil {
+			return err
+		}
+	}
 	if a := s.cfg.MQTT.TLSAddr; a != "" && tlsCfg != nil {
 		if s.addrs.MQTTTLS, err = addStream("mqtt-tls", "tls", a, tlsCfg); err != nil {
 			return err
@@ -302,6 +323,12 @@ func (s *Server) Mux() *http.ServeMux { return s.mux }
 // client.
 func (s *Server) MQTT() *mqtt.Server { return s.mqtt }
 
+// Identity returns the identity service.
+func (s *Server) Identity() *identity.Service { return s.identity }
+
+// Chat returns the chat service.
+func (s *Server) Chat() *chat.Service { return s.chat }
+
 // DB returns the server's store.
 func (s *Server) DB() *badgerstore.DB { return s.db }
 
@@ -343,7 +370,7 @@ func (s *Server) Start() error {
 	}
 	a := s.addrs
 	s.log.Info("warbler listening", "mqtt", a.MQTT, "mqtt_tls", a.MQTTTLS, "ws", a.WS, "wss", a.WSS,
-		"http", a.HTTP, "ws_path", s.cfg.MQTT.WSPath, "data", s.cfg.Data)
+		"http", a.HTTP, "anonymous", a.Anonymous, "ws_path", s.cfg.MQTT.WSPath, "data", s.cfg.Data)
 	return nil
 }
 

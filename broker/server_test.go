@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"errors"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -26,10 +27,9 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/hooks/auth"
-
+	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/internal/mqtttest"
+	"github.com/warblerim/warbler/protocol"
 )
 
 // testLogger sends server logs at warn and above to the test log.
@@ -57,15 +57,15 @@ func loopbackConfig(t testing.TB) Config {
 	return cfg
 }
 
-// startServer runs a real server on loopback ports. Until identity is
-// configured, tests authenticate with an allow-all hook.
+// startServer runs a real server on loopback ports, with real identity:
+// clients authenticate with tokens (see creds).
 func startServer(t testing.TB, mod func(*Config)) *Server {
 	t.Helper()
 	cfg := loopbackConfig(t)
 	if mod != nil {
 		mod(&cfg)
 	}
-	s, err := New(cfg, Options{Logger: testLogger(t), Hooks: []mqtt.Hook{new(auth.AllowHook)}})
+	s, err := New(cfg, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -84,6 +84,32 @@ func startServer(t testing.TB, mod func(*Config)) *Server {
 
 func wsURL(addr string) string { return "ws://" + addr + "/mqtt" }
 
+// creds returns MQTT credentials for a device of a user of the demo app,
+// creating the user if needed: client ID, username, token.
+func creds(t testing.TB, s *Server, user, device string) (string, string, string) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := s.Identity().CreateUser(ctx, "demo", identity.UserSpec{ID: user}); err != nil && !errors.Is(err, identity.ErrExists) {
+		t.Fatalf("create user %s: %v", user, err)
+	}
+	tok, err := s.Identity().IssueToken(ctx, "demo", user, device, time.Hour)
+	if err != nil {
+		t.Fatalf("token for %s/%s: %v", user, device, err)
+	}
+	return protocol.ClientID("demo", user, device), "demo:" + user, tok.Value
+}
+
+// connectAs connects a device of a demo user over conn.
+func connectAs(t testing.TB, s *Server, conn net.Conn, user, device string) *mqtttest.Client {
+	t.Helper()
+	cid, u, p := creds(t, s, user, device)
+	return mqtttest.MustConnect(t, conn, cid, u, p)
+}
+
+// iot is a topic in a demo user's IoT area, which the demo app's rule
+// w/{app}/iot/%u/# lets every device of that user read and write.
+func iot(user, rest string) string { return "w/demo/iot/" + user + "/" + rest }
+
 // pair connects a subscriber and a publisher and checks that one message
 // flows; it is the "other clients are unaffected" control.
 type pair struct {
@@ -93,12 +119,12 @@ type pair struct {
 }
 
 func newPair(t *testing.T, s *Server) *pair {
-	p := &pair{topic: "ctl/" + t.Name()}
-	p.sub = mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "ctl-sub", "", "")
+	p := &pair{topic: iot("ctl", "control")}
+	p.sub = connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "ctl", "sub")
 	if r := p.sub.Subscribe(t, p.topic); r[0] != 1 {
 		t.Fatalf("control subscribe reason %d", r[0])
 	}
-	p.pub = mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "ctl-pub", "", "")
+	p.pub = connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "ctl", "pub")
 	p.check(t)
 	return p
 }
@@ -126,22 +152,23 @@ func TestPubSubOverTCPAndWebSocket(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sub := mqtttest.MustConnect(t, conn, "ws-sub-"+tc.name, "", "")
-			if r := sub.Subscribe(t, "room/1"); r[0] != 1 {
+			sub := connectAs(t, s, conn, "wsuser", "ws-"+tc.name)
+			room1, room2 := iot("wsuser", "room/1"), iot("wsuser", "room/2")
+			if r := sub.Subscribe(t, room1); r[0] != 1 {
 				t.Fatalf("suback %v", r)
 			}
-			pub := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "tcp-pub-"+tc.name, "", "")
-			if code, err := pub.Publish(t, "room/1", 1, []byte("hello over ws")); err != nil || code != 0 {
+			pub := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "wsuser", "tcp-"+tc.name)
+			if code, err := pub.Publish(t, room1, 1, []byte("hello over ws")); err != nil || code != 0 {
 				t.Fatalf("publish: code %d err %v", code, err)
 			}
-			if m := sub.Expect(t); string(m.Payload) != "hello over ws" || m.Topic != "room/1" {
+			if m := sub.Expect(t); string(m.Payload) != "hello over ws" || m.Topic != room1 {
 				t.Fatalf("got %s %q", m.Topic, m.Payload)
 			}
 			// And back: the WebSocket client publishes, a TCP client receives.
-			if r := pub.Subscribe(t, "room/2"); r[0] != 1 {
+			if r := pub.Subscribe(t, room2); r[0] != 1 {
 				t.Fatalf("suback %v", r)
 			}
-			if _, err := sub.Publish(t, "room/2", 1, []byte("reply")); err != nil {
+			if _, err := sub.Publish(t, room2, 1, []byte("reply")); err != nil {
 				t.Fatal(err)
 			}
 			if m := pub.Expect(t); string(m.Payload) != "reply" {
@@ -159,8 +186,11 @@ func TestMosquittoClients(t *testing.T) {
 		t.Run(v, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, sub, "-h", host, "-p", port, "-V", v, "-i", "msub-"+v,
-				"-t", "news/"+v, "-q", "1", "-C", "1", "-d", "-v")
+			topic := iot("mosq", "news/"+v)
+			scid, suser, spass := creds(t, s, "mosq", "sub-"+v)
+			pcid, puser, ppass := creds(t, s, "mosq", "pub-"+v)
+			cmd := exec.CommandContext(ctx, sub, "-h", host, "-p", port, "-V", v, "-i", scid, "-u", suser, "-P", spass,
+				"-t", topic, "-q", "1", "-C", "1", "-v")
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
@@ -169,13 +199,13 @@ func TestMosquittoClients(t *testing.T) {
 				t.Fatal(err)
 			}
 			lines := bufio.NewScanner(out)
-			waitSubscribed(t, s, "news/"+v)
+			waitSubscribed(t, s, topic)
 			msg := "from mosquitto_pub " + v
-			if b, err := exec.CommandContext(ctx, pub, "-h", host, "-p", port, "-V", v, "-i", "mpub-"+v,
-				"-t", "news/"+v, "-q", "1", "-m", msg).CombinedOutput(); err != nil {
+			if b, err := exec.CommandContext(ctx, pub, "-h", host, "-p", port, "-V", v, "-i", pcid, "-u", puser, "-P", ppass,
+				"-t", topic, "-q", "1", "-m", msg).CombinedOutput(); err != nil {
 				t.Fatalf("mosquitto_pub: %v: %s", err, b)
 			}
-			waitLine(t, lines, "news/"+v+" "+msg)
+			waitLine(t, lines, topic+" "+msg)
 			if err := cmd.Wait(); err != nil {
 				t.Fatalf("mosquitto_sub: %v", err)
 			}
@@ -366,7 +396,7 @@ func TestLengthClaimsDoNotAllocate(t *testing.T) {
 func TestOversizedPublishDisconnects(t *testing.T) {
 	s := startServer(t, func(c *Config) { c.MQTT.MaxPacketSize = 1024 })
 	ctl := newPair(t, s)
-	big := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "big", "", "")
+	big := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "ctl", "big")
 	_, _ = big.Publish(t, ctl.topic, 1, bytes.Repeat([]byte("x"), 2048))
 	big.WaitDisconnected(t)
 	select {
@@ -406,7 +436,7 @@ func TestWebSocketOrigin(t *testing.T) {
 			if err != nil {
 				t.Fatalf("handshake: %v", err)
 			}
-			mqtttest.MustConnect(t, conn, "origin-"+strings.ReplaceAll(tc.name, " ", "-"), "", "")
+			connectAs(t, s, conn, "origin", strings.NewReplacer(" ", "-", "(", "", ")", "").Replace(tc.name))
 		})
 	}
 	t.Run("plain GET gets a JSON 400", func(t *testing.T) {
@@ -457,9 +487,9 @@ func TestHealthReadyMetrics(t *testing.T) {
 			t.Fatalf("%s: %d %v", path, resp.StatusCode, body)
 		}
 	}
-	c := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "m1", "", "")
-	c.Subscribe(t, "m/1")
-	if _, err := c.Publish(t, "m/1", 1, []byte("x")); err != nil {
+	c := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "metrics", "m1")
+	c.Subscribe(t, iot("metrics", "m"))
+	if _, err := c.Publish(t, iot("metrics", "m"), 1, []byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	c.Expect(t)
@@ -604,15 +634,15 @@ func TestTLSAndWSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })
-	sub := mqtttest.MustConnect(t, tc, "tls-sub", "", "")
-	sub.Subscribe(t, "secure/1")
+	sub := connectAs(t, s, tc, "tls", "sub")
+	sub.Subscribe(t, iot("tls", "secure"))
 
 	wss, _, err := dialWSS(t, "wss://"+s.Addrs().WSS+"/mqtt", pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pub := mqtttest.MustConnect(t, wss, "wss-pub", "", "")
-	if _, err := pub.Publish(t, "secure/1", 1, []byte("sealed")); err != nil {
+	pub := connectAs(t, s, wss, "tls", "pub")
+	if _, err := pub.Publish(t, iot("tls", "secure"), 1, []byte("sealed")); err != nil {
 		t.Fatal(err)
 	}
 	if m := sub.Expect(t); string(m.Payload) != "sealed" {
@@ -626,14 +656,14 @@ func TestTLSAndWSS(t *testing.T) {
 
 func TestShutdownDisconnectsClientsAndReopens(t *testing.T) {
 	cfg := loopbackConfig(t)
-	s, err := New(cfg, Options{Logger: testLogger(t), Hooks: []mqtt.Hook{new(auth.AllowHook)}})
+	s, err := New(cfg, Options{Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := mqtttest.MustConnect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), "sd", "", "")
+	c := connectAs(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "sd", "d1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {

@@ -1,0 +1,149 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/warblerim/warbler/api"
+	"github.com/warblerim/warbler/chat"
+	"github.com/warblerim/warbler/hooks"
+	"github.com/warblerim/warbler/identity"
+	"github.com/warblerim/warbler/protocol"
+	"github.com/warblerim/warbler/storage"
+	"github.com/warblerim/warbler/storage/badgerstore"
+)
+
+// wireIdentity bootstraps identity (keys in the data directory, the demo
+// app on first start) and installs the authentication and ACL hooks and the
+// identity HTTP routes.
+func (s *Server) wireIdentity() error {
+	b, err := identity.Bootstrap(context.Background(), s.cfg.Data, identity.Options{
+		Store: badgerstore.NewIdentityStore(s.db),
+	})
+	if err != nil {
+		return err
+	}
+	s.identity = b.Service
+	if b.FirstStart {
+		s.log.Info("first start: created the admin key and the demo app", "admin_key_file", b.AdminKeyPath)
+	}
+	s.principals = hooks.NewPrincipals()
+	var anon *hooks.AnonymousOptions
+	if a := s.cfg.MQTT.Anonymous; a.Addr != "" {
+		rules := make([]storage.TopicRule, len(a.Rules))
+		for i, r := range a.Rules {
+			rules[i] = storage.TopicRule{Pattern: r.Pattern, Access: r.Access}
+		}
+		anon = &hooks.AnonymousOptions{Listeners: []string{"anonymous"}, App: a.App, Rules: rules}
+	}
+	s.auth, err = hooks.NewAuth(hooks.AuthOptions{
+		Identity: b.Service, Principals: s.principals, Anonymous: anon, RestoreSessions: true,
+		Logger: s.log.With("component", "auth"),
+	})
+	if err != nil {
+		return err
+	}
+	acl, err := hooks.NewACL(hooks.ACLOptions{Principals: s.principals})
+	if err != nil {
+		return err
+	}
+	s.acl = acl
+	if err := s.mqtt.AddHook(s.auth, nil); err != nil {
+		return err
+	}
+	if err := s.mqtt.AddHook(s.acl, nil); err != nil {
+		return err
+	}
+	api.NewIdentityAPI(api.IdentityOptions{Service: b.Service, MQTTAddr: s.publicMQTTAddr}).Register(s.mux)
+
+	reg := s.metrics.Registry
+	reg.MustRegister(
+		countersFunc("warbler_auth_refusals_total", "CONNECTs refused by authentication, by reason.", "reason", s.auth.Refusals),
+		countersFunc("warbler_acl_denials_total", "Topic accesses denied by the ACL, by reason.", "reason", s.acl.Denials),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warbler_principals", Help: "Authenticated clients known to the ACL, connected or with a kept session."},
+			func() float64 { return float64(s.principals.Len()) }),
+	)
+	return nil
+}
+
+// wireChat installs the durable chat log, the chat service and its hook,
+// and the chat HTTP routes.
+func (s *Server) wireChat() error {
+	store := badgerstore.NewChat(s.db, badgerstore.ChatOptions{})
+	s.closers = append(s.closers, store.Close)
+	hook := hooks.NewChat()
+	svc, err := chat.New(chat.Options{
+		Store: store, Deliverer: hook, Logger: s.log.With("component", "chat"),
+		Limits:       protocol.Limits{MaxBody: s.cfg.Chat.MaxBody},
+		MaxGroupSize: s.cfg.Chat.MaxGroupSize,
+		SendRate:     s.cfg.Chat.SendRate,
+		SendBurst:    s.cfg.Chat.SendBurst,
+		UserExists: func(ctx context.Context, app, user string) (bool, error) {
+			_, err := s.identity.GetUser(ctx, app, user)
+			if errors.Is(err, identity.ErrNotFound) {
+				return false, nil
+			}
+			return err == nil, err
+		},
+	})
+	if err != nil {
+		return err
+	}
+	if err := s.mqtt.AddHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat")}); err != nil {
+		return fmt.Errorf("chat hook: %w", err)
+	}
+	s.chat = svc
+	stop := svc.StartRetention(10 * time.Minute)
+	s.closers = append(s.closers, func() error { stop(); return nil })
+	api.NewChatAPI(api.ChatOptions{Service: svc, Identity: s.identity}).Register(s.mux)
+
+	s.metrics.Registry.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_messages_stored_total", Help: "Chat messages durably stored."},
+			func() float64 { return float64(svc.Stats().Sent) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_duplicates_total", Help: "Sends answered from the dedupe record (retries)."},
+			func() float64 { return float64(svc.Stats().Duplicates) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_quota_denied_total", Help: "Sends refused by the per-user quota."},
+			func() float64 { return float64(svc.Stats().QuotaDenied) }),
+	)
+	return nil
+}
+
+// publicMQTTAddr is the MQTT address handed to clients with their
+// credentials: mqtt.public_addr if set, else the bound address with an
+// unspecified host replaced by 127.0.0.1.
+func (s *Server) publicMQTTAddr() string {
+	if s.cfg.MQTT.PublicAddr != "" {
+		return s.cfg.MQTT.PublicAddr
+	}
+	host, port, err := net.SplitHostPort(s.addrs.MQTT)
+	if err != nil {
+		return s.addrs.MQTT
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// countersFunc exports a map of counters (read at scrape time) as one
+// labelled counter family.
+func countersFunc(name, help, label string, read func() map[string]uint64) prometheus.Collector {
+	return &mapCollector{desc: prometheus.NewDesc(name, help, []string{label}, nil), read: read}
+}
+
+type mapCollector struct {
+	desc *prometheus.Desc
+	read func() map[string]uint64
+}
+
+func (c *mapCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *mapCollector) Collect(ch chan<- prometheus.Metric) {
+	for k, v := range c.read() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), k)
+	}
+}
