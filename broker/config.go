@@ -267,8 +267,8 @@ func (c *Config) Validate() error {
 	if c.MQTT.ReceiveMaximum == 0 || c.MQTT.MaxInflight == 0 {
 		return errors.New("config: mqtt.receive_maximum and mqtt.max_inflight must be positive")
 	}
-	if c.Chat.MaxBody < 1 || c.Chat.MaxBody > int(c.MQTT.MaxPacketSize) {
-		return fmt.Errorf("config: chat.max_body %d must be between 1 and mqtt.max_packet_size", c.Chat.MaxBody)
+	if c.Chat.MaxBody < 1 {
+		return fmt.Errorf("config: chat.max_body %d must be positive", c.Chat.MaxBody)
 	}
 	if c.Chat.SendRate == 0 || c.Chat.SendRate < -1 {
 		return errors.New("config: chat.send_rate must be positive, or -1 for no quota")

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bufio"
-	"errors"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -13,6 +12,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -249,20 +249,34 @@ func waitLine(t *testing.T, sc *bufio.Scanner, substr string) {
 	t.Fatalf("output ended without a line containing %q (err %v)", substr, sc.Err())
 }
 
-// rawConnect opens a socket and completes an MQTT 5 CONNECT by hand.
-func rawConnect(t *testing.T, addr, clientID string) net.Conn {
+// rawConnect opens a socket and completes an MQTT 5 CONNECT by hand, as a
+// device of the demo user "raw".
+func rawConnect(t *testing.T, s *Server, device string) net.Conn {
 	t.Helper()
-	c := mqtttest.DialTCP(t, addr)
-	body := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0x02, 0, 60, 0}
-	body = append(body, byte(len(clientID)>>8), byte(len(clientID)))
-	body = append(body, clientID...)
-	mustWrite(t, c, append([]byte{0x10, byte(len(body))}, body...))
-	_ = c.SetReadDeadline(time.Now().Add(mqtttest.Timeout))
-	hdr := make([]byte, 2)
-	if _, err := io.ReadFull(c, hdr); err != nil || hdr[0] != 0x20 {
-		t.Fatalf("no CONNACK: % x %v", hdr, err)
+	c := mqtttest.DialTCP(t, s.Addrs().MQTT)
+	cid, user, pass := creds(t, s, "raw", device)
+	str := func(b []byte, v string) []byte { return append(append(b, byte(len(v)>>8), byte(len(v))), v...) }
+	body := []byte{0, 4, 'M', 'Q', 'T', 'T', 5, 0xC2, 0, 60, 0} // username, password, clean start
+	body = str(body, cid)
+	body = str(body, user)
+	body = str(body, pass)
+	hdr := []byte{0x10}
+	for n := len(body); ; {
+		b := byte(n % 128)
+		if n /= 128; n > 0 {
+			hdr = append(hdr, b|0x80)
+			continue
+		}
+		hdr = append(hdr, b)
+		break
 	}
-	rest := make([]byte, hdr[1])
+	mustWrite(t, c, append(hdr, body...))
+	_ = c.SetReadDeadline(time.Now().Add(mqtttest.Timeout))
+	ack := make([]byte, 2)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != 0x20 {
+		t.Fatalf("no CONNACK: % x %v", ack, err)
+	}
+	rest := make([]byte, ack[1])
 	if _, err := io.ReadFull(c, rest); err != nil || rest[1] != 0 {
 		t.Fatalf("CONNACK refused: % x %v", rest, err)
 	}
@@ -335,7 +349,7 @@ func TestMalformedInputIsContained(t *testing.T) {
 			before := metricValue(t, s, "warbler_malformed_packets_total")
 			var c net.Conn
 			if tc.connect {
-				c = rawConnect(t, addr, fmt.Sprintf("raw-%d", i))
+				c = rawConnect(t, s, fmt.Sprintf("raw-%d", i))
 			} else {
 				c = mqtttest.DialTCP(t, addr)
 			}
