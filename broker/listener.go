@@ -34,6 +34,38 @@ type streamListener struct {
 	stopped  chan struct{}  // closed when Serve returns
 	wg       sync.WaitGroup // connection handlers; Add only inside Serve
 	onAccept func()
+	conns    connSet
+}
+
+// connSet tracks open sockets so that shutdown can close those that never
+// completed CONNECT (the broker only knows connected clients).
+type connSet struct {
+	mu sync.Mutex
+	m  map[net.Conn]struct{}
+}
+
+func (s *connSet) add(c net.Conn) {
+	s.mu.Lock()
+	if s.m == nil {
+		s.m = map[net.Conn]struct{}{}
+	}
+	s.m[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *connSet) remove(c net.Conn) {
+	s.mu.Lock()
+	delete(s.m, c)
+	s.mu.Unlock()
+}
+
+// closeAll closes every tracked socket.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.m {
+		_ = c.Close()
+	}
 }
 
 // guardOptions are the per-connection protections shared by all listeners.
@@ -104,8 +136,10 @@ func (l *streamListener) Serve(establish listeners.EstablishFn) {
 			l.onAccept()
 		}
 		l.wg.Add(1)
+		l.conns.add(conn)
 		go func() {
 			defer l.wg.Done()
+			defer l.conns.remove(conn)
 			l.guard.establish(l.id, conn, establish)
 		}()
 	}

@@ -450,6 +450,14 @@ func (s *Server) stopBroker(ctx context.Context) {
 				_ = s.mqtt.DisconnectClient(cl, packets.ErrServerShuttingDown)
 			}
 		}
+		// Whatever is still open never completed CONNECT (or is racing
+		// with it): close it rather than wait for its connect deadline.
+		for _, l := range s.streams {
+			l.conns.closeAll()
+		}
+		for _, l := range s.ws {
+			l.open.closeAll()
+		}
 	}
 	sweep()
 	done := make(chan struct{})
@@ -501,6 +509,11 @@ func (s *Server) AddCloser(f func() error) { s.closers = append(s.closers, f) }
 // Run builds and starts a server, then waits for SIGINT or SIGTERM (or ctx)
 // and shuts it down, allowing it grace to finish in-flight work.
 func Run(ctx context.Context, cfg Config, opts Options) error {
+	// Listen for signals before anything starts, so that a signal sent as
+	// soon as the server logs that it listens is never fatal.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	s, err := New(cfg, opts)
 	if err != nil {
 		return err
@@ -509,9 +522,6 @@ func Run(ctx context.Context, cfg Config, opts Options) error {
 		_ = s.Shutdown(context.Background())
 		return err
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
 	select {
 	case got := <-sig:
 		s.log.Info("signal received", "signal", got.String())

@@ -42,6 +42,7 @@ type wsListener struct {
 	ready     chan struct{}
 	closed    atomic.Bool
 	conns     sync.WaitGroup // upgraded connections still being served
+	open      connSet
 }
 
 func newWSListener(id, path string, allowed []string, g guardOptions, log *slog.Logger) *wsListener {
@@ -153,6 +154,9 @@ func (l *wsListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	establish := l.establish
 	l.mu.Unlock()
 	defer l.conns.Done()
+	raw := c.NetConn()
+	l.open.add(raw)
+	defer l.open.remove(raw)
 	l.guard.establish(l.id, &wsConn{Conn: c.NetConn(), ws: c}, establish)
 }
 

@@ -62,7 +62,7 @@ func (w *Warbler) user(ctx context.Context, id string) (tokenResp, error) {
 	if err != nil && !strings.Contains(err.Error(), " 409 ") {
 		return tr, err
 	}
-	err = w.api.do(ctx, "POST", "/v1/apps/"+w.app+"/tokens", map[string]any{"user": id, "device": "d1", "ttl": "1h"}, &tr)
+	err = w.api.do(ctx, "POST", "/v1/apps/"+w.app+"/tokens", map[string]any{"user": id, "device": "d1", "ttl": 3600}, &tr)
 	return tr, err
 }
 
