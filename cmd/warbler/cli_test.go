@@ -50,8 +50,11 @@ func TestNewcomerFlow(t *testing.T) {
 	}
 	cli(t, p, data, false, "user", "create", "--app", "demo", "bob")
 	var bob, alice struct {
-		ClientID, Username, Password, MQTT string
-		Topics                             map[string]string
+		ClientID string `json:"client_id"`
+		Username string
+		Password string
+		MQTT     string
+		Topics   map[string]string
 	}
 	for who, dst := range map[string]any{"bob": &bob, "alice": &alice} {
 		out := cli(t, p, data, false, "token", "--app", "demo", "--user", who, "--device", "d1", "--ttl", "1h")
