@@ -2,7 +2,7 @@ package protocol
 
 // This file is the chat envelope: the JSON that devices publish on their
 // uplink and that the server publishes on downlinks and device topics.
-// docs/PROTOCOL-chat.md describes the same thing in prose.
+// docs/PROTOCOL.md ("Chat messages") describes the same thing in prose.
 //
 // Inbound, a device publishes one Request per MQTT PUBLISH. A request
 // without "op" (or with "op":"send") sends a message; every other op asks
