@@ -123,6 +123,9 @@ type HTTPConfig struct {
 	Addr string `yaml:"addr"`
 	// TLS serves HTTPS on Addr when a certificate is configured.
 	TLS bool `yaml:"tls"`
+	// Pprof mounts Go's profiler at /debug/pprof/ for requests from
+	// loopback addresses only. Off by default.
+	Pprof bool `yaml:"pprof"`
 }
 
 // TLSConfig names a certificate and key in PEM files. When both are set the

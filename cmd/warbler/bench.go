@@ -34,6 +34,7 @@ func runBench(env *cliEnv, args []string) error {
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound on each scenario")
 	bin := fs.String("warbler-bin", "", "warbler binary to measure (default: this one)")
 	asJSON := fs.Bool("json", false, "print results as JSON lines")
+	conf := fs.String("warbler-config", "", "configuration `file` for the measured Warbler (default: defaults with the per-user send quota off)")
 	if _, err := parseAnywhere(fs, args); err != nil {
 		return err
 	}
@@ -54,7 +55,7 @@ func runBench(env *cliEnv, args []string) error {
 	oo := bench.OfflineOptions{Messages: *offline, Page: *page, Size: *size, Timeout: *timeout}
 	var results []bench.Result
 	for _, name := range names {
-		rs, err := benchTarget(ctx, name, *bin, func(t bench.Target) ([]bench.Result, error) {
+		rs, err := benchTarget(ctx, env, name, *bin, *conf, func(t bench.Target) ([]bench.Result, error) {
 			return runScenarios(ctx, env, t, *scenarios, po, gop, oo, *asJSON)
 		})
 		if err != nil {
@@ -70,7 +71,7 @@ func runBench(env *cliEnv, args []string) error {
 
 // benchTarget starts one target in a fresh temporary directory, runs fn and
 // stops it.
-func benchTarget(ctx context.Context, name, bin string, fn func(bench.Target) ([]bench.Result, error)) ([]bench.Result, error) {
+func benchTarget(ctx context.Context, env *cliEnv, name, bin, conf string, fn func(bench.Target) ([]bench.Result, error)) ([]bench.Result, error) {
 	dir, err := os.MkdirTemp("", "warbler-bench-")
 	if err != nil {
 		return nil, err
@@ -81,7 +82,12 @@ func benchTarget(ctx context.Context, name, bin string, fn func(bench.Target) ([
 	case "mosquitto":
 		t, err = bench.StartMosquitto(ctx, dir)
 	case "warbler":
-		t, err = bench.StartWarbler(ctx, bin, dir)
+		var w *bench.Warbler
+		w, err = bench.StartWarbler(ctx, bin, dir, conf)
+		if err == nil {
+			fmt.Fprintf(env.stderr, "warbler under test: pid %d, http %s\n", w.PID(), w.HTTPAddr())
+			t = w
+		}
 	default:
 		return nil, usageError{fmt.Sprintf("unknown target %q", name)}
 	}
