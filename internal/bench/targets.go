@@ -209,6 +209,6 @@ func (w *Warbler) Name() string { return "warbler" }
 
 // HTTPAddr is the server's HTTP address.
 func (w *Warbler) HTTPAddr() string { return w.addrs["http"] }
-func (w *Warbler) Addr() string { return w.addrs["mqtt"] }
-func (w *Warbler) PID() int     { return w.p.pid() }
-func (w *Warbler) Close() error { return w.p.stop() }
+func (w *Warbler) Addr() string     { return w.addrs["mqtt"] }
+func (w *Warbler) PID() int         { return w.p.pid() }
+func (w *Warbler) Close() error     { return w.p.stop() }
