@@ -29,6 +29,7 @@ import (
 
 	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/internal/mqtttest"
+	"github.com/warblerim/warbler/internal/wsstream"
 	"github.com/warblerim/warbler/protocol"
 )
 
@@ -179,7 +180,7 @@ func TestPubSubOverTCPAndWebSocket(t *testing.T) {
 }
 
 func TestMosquittoClients(t *testing.T) {
-	sub, pub := requireTool(t, "mosquitto_sub"), requireTool(t, "mosquitto_pub")
+	sub, pub := mqtttest.RequireTool(t, "mosquitto_sub"), mqtttest.RequireTool(t, "mosquitto_pub")
 	s := startServer(t, nil)
 	host, port, _ := net.SplitHostPort(s.Addrs().MQTT)
 	for _, v := range []string{"mqttv311", "mqttv5"} {
@@ -211,20 +212,6 @@ func TestMosquittoClients(t *testing.T) {
 			}
 		})
 	}
-}
-
-// requireTool returns the path of a program the tests need. CI installs
-// them (.ci/run), so a missing one fails there; elsewhere the test skips.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (CI must install it)", name)
-		}
-		t.Skipf("%s not installed; run .ci/run or install mosquitto-clients", name)
-	}
-	return p
 }
 
 // waitSubscribed waits until the broker holds a subscription to filter.
@@ -474,7 +461,7 @@ func TestWebSocketOversizedFrame(t *testing.T) {
 	}
 	// A raw frame header claiming 1 MiB of binary payload (masked, as from a
 	// client), with no payload: the server must refuse it from the header.
-	ws := conn.(*mqtttest.WSConn)
+	ws := conn.(*wsstream.Conn)
 	hdr := []byte{0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0x10, 0, 0, 1, 2, 3, 4}
 	if _, err := ws.Conn.Write(hdr); err != nil {
 		t.Fatal(err)

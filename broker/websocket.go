@@ -1,10 +1,8 @@
 package broker
 
 import (
-	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,6 +12,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/warblerim/warbler/internal/wsstream"
 )
 
 // wsListener is the broker side of MQTT over WebSocket. It is an
@@ -157,53 +157,5 @@ func (l *wsListener) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	raw := c.NetConn()
 	l.open.add(raw)
 	defer l.open.remove(raw)
-	l.guard.establish(l.id, &wsConn{Conn: c.NetConn(), ws: c}, establish)
+	l.guard.establish(l.id, wsstream.New(c), establish)
 }
-
-// wsConn presents a WebSocket as a byte stream: binary messages are read
-// back to back, and each write is one binary message.
-type wsConn struct {
-	net.Conn // for addresses and deadlines
-	ws       *websocket.Conn
-	r        io.Reader
-	wmu      sync.Mutex
-}
-
-var errTextFrame = errors.New("websocket: MQTT needs binary frames")
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			op, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if op != websocket.BinaryMessage {
-				_ = c.ws.WriteControl(websocket.CloseMessage,
-					websocket.FormatCloseMessage(websocket.CloseUnsupportedData, "binary frames only"), time.Now().Add(time.Second))
-				return 0, errTextFrame
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error { return c.ws.Close() }

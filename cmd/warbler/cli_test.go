@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/warblerim/warbler/internal/mqtttest"
 )
 
 // cli runs the warbler binary with args against a running server and
@@ -39,7 +41,7 @@ func cli(t *testing.T, p *proc, data string, wantErr bool, args ...string) strin
 // the printed values, send a chat message with mosquitto_pub, and read the
 // conversation back with warbler history.
 func TestNewcomerFlow(t *testing.T) {
-	msub, mpub := requireTool(t, "mosquitto_sub"), requireTool(t, "mosquitto_pub")
+	msub, mpub := mqtttest.RequireTool(t, "mosquitto_sub"), mqtttest.RequireTool(t, "mosquitto_pub")
 	data := t.TempDir()
 	p := startProc(t, exec.Command(warblerBin, loopbackArgs(data)...))
 
@@ -151,18 +153,4 @@ func TestNewcomerFlow(t *testing.T) {
 	if e := cli(t, p, filepath.Join(data, "elsewhere"), true, "app", "list"); !strings.Contains(e, "admin.key") {
 		t.Fatalf("missing admin key: %q", e)
 	}
-}
-
-// requireTool returns the path of a program the tests need. CI installs
-// them (.ci/run), so a missing one fails there; elsewhere the test skips.
-func requireTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s not installed (CI must install it)", name)
-		}
-		t.Skipf("%s not installed; run .ci/run or install mosquitto-clients", name)
-	}
-	return p
 }

@@ -6,17 +6,33 @@ package mqtttest
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
+
+	"github.com/warblerim/warbler/internal/wsstream"
 )
+
+// RequireTool returns the path of a program a test needs. CI installs them
+// (.ci/run), so a missing one fails the test there; elsewhere it skips.
+func RequireTool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s not installed (CI must install it)", name)
+		}
+		t.Skipf("%s not installed; run .ci/run or install it", name)
+	}
+	return p
+}
 
 // Timeout bounds every wait in these helpers.
 const Timeout = 10 * time.Second
@@ -52,50 +68,10 @@ func DialWSConfig(t testing.TB, url, origin string, tc *tls.Config) (net.Conn, *
 	if err != nil {
 		return nil, resp, err
 	}
-	c := &WSConn{Conn: ws.NetConn(), ws: ws}
+	c := wsstream.New(ws)
 	t.Cleanup(func() { _ = c.Close() })
 	return c, resp, nil
 }
-
-// WSConn presents a client WebSocket as a net.Conn carrying MQTT.
-type WSConn struct {
-	net.Conn
-	ws  *websocket.Conn
-	r   io.Reader
-	wmu sync.Mutex
-}
-
-func (c *WSConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			_, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (c *WSConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *WSConn) Close() error { return c.ws.Close() }
 
 // Client is a connected paho client whose received messages arrive on Msgs.
 type Client struct {

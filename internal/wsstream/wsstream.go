@@ -1,0 +1,72 @@
+// Package wsstream presents a WebSocket as a byte stream (net.Conn), the
+// way MQTT over WebSocket uses it: binary messages are read back to back as
+// one stream, and each write is one binary message. The server's WebSocket
+// listener and the test clients share it.
+package wsstream
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// ErrTextFrame is returned by Read when the peer sends a text message.
+var ErrTextFrame = errors.New("websocket: MQTT needs binary frames")
+
+// Conn is a WebSocket as a net.Conn. The embedded net.Conn is the
+// underlying socket, used for addresses and deadlines; Read, Write and
+// Close go through the WebSocket.
+type Conn struct {
+	net.Conn
+	ws  *websocket.Conn
+	r   io.Reader
+	wmu sync.Mutex
+}
+
+// New wraps ws.
+func New(ws *websocket.Conn) *Conn { return &Conn{Conn: ws.NetConn(), ws: ws} }
+
+// Read reads the stream formed by consecutive binary messages. A text
+// message closes the WebSocket with status 1003 and returns ErrTextFrame.
+func (c *Conn) Read(p []byte) (int, error) {
+	for {
+		if c.r == nil {
+			op, r, err := c.ws.NextReader()
+			if err != nil {
+				return 0, err
+			}
+			if op != websocket.BinaryMessage {
+				_ = c.ws.WriteControl(websocket.CloseMessage,
+					websocket.FormatCloseMessage(websocket.CloseUnsupportedData, "binary frames only"), time.Now().Add(time.Second))
+				return 0, ErrTextFrame
+			}
+			c.r = r
+		}
+		n, err := c.r.Read(p)
+		if errors.Is(err, io.EOF) {
+			c.r = nil
+			if n > 0 {
+				return n, nil
+			}
+			continue
+		}
+		return n, err
+	}
+}
+
+// Write sends p as one binary message. It is safe for concurrent use.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// Close closes the WebSocket's socket.
+func (c *Conn) Close() error { return c.ws.Close() }
