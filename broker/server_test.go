@@ -238,7 +238,7 @@ func waitLine(t *testing.T, sc *bufio.Scanner, substr string) {
 
 // rawConnect opens a socket and completes an MQTT 5 CONNECT by hand, as a
 // device of the demo user "raw".
-func rawConnect(t *testing.T, s *Server, device string) net.Conn {
+func rawConnect(t testing.TB, s *Server, device string) net.Conn {
 	t.Helper()
 	c := mqtttest.DialTCP(t, s.Addrs().MQTT)
 	cid, user, pass := creds(t, s, "raw", device)
@@ -270,7 +270,7 @@ func rawConnect(t *testing.T, s *Server, device string) net.Conn {
 	return c
 }
 
-func mustWrite(t *testing.T, c net.Conn, b []byte) {
+func mustWrite(t testing.TB, c net.Conn, b []byte) {
 	t.Helper()
 	if _, err := c.Write(b); err != nil {
 		t.Fatalf("write: %v", err)
