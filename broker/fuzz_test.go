@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
 	"net"
@@ -91,9 +92,9 @@ func fuzzConfig(f *testing.F) Config {
 	return cfg
 }
 
-// FuzzGuardFraming checks the packet guard alone: it never panics, never
-// passes more bytes than it was given, and passes a well-formed stream
-// through unchanged.
+// FuzzGuardFraming checks the packet guard alone: it never panics, and what
+// it passes on is always an unaltered prefix of its input (a refused or
+// truncated packet ends the stream; nothing is ever rewritten or invented).
 func FuzzGuardFraming(f *testing.F) {
 	f.Add(cat(connect5, []byte{0x32, 0x08, 0x00, 0x01, 'a', 0x00, 0x01, 0x00, 'h', 'i'}, []byte{0xC0, 0x00}))
 	f.Add(cat(connect3, []byte{0x82, 0x08, 0x00, 0x01, 0x00, 0x03, 'a', '/', 'b', 0x01}))
@@ -105,13 +106,10 @@ func FuzzGuardFraming(f *testing.F) {
 			_ = client.Close()
 		}()
 		g := newGuardConn(server, 4096, 0, nil)
-		out, err := io.ReadAll(g)
+		out, _ := io.ReadAll(g)
 		_ = server.Close()
-		if len(out) > len(data) {
-			t.Fatalf("guard produced %d bytes from %d", len(out), len(data))
-		}
-		if err == nil && string(out) != string(data) {
-			t.Fatalf("guard altered an accepted stream")
+		if !bytes.HasPrefix(data, out) {
+			t.Fatalf("guard passed %q, not a prefix of its input %q", out, data)
 		}
 	})
 }
