@@ -78,6 +78,7 @@ func (s *Service) Create(ctx context.Context, from Sender, in CreateRequest) (pr
 		}
 		return protocol.InfoResult{}, s.internal("create conversation", err)
 	}
+	s.Invalidate(from.App, id)
 	c.Members = len(ms)
 	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "created", By: from.User, Users: users, Name: in.Name}, nil); err != nil {
 		return protocol.InfoResult{}, err
@@ -85,8 +86,11 @@ func (s *Service) Create(ctx context.Context, from Sender, in CreateRequest) (pr
 	return s.info(ctx, from, c, "", 0)
 }
 
-// lockedMember takes the conversation lock and checks the caller's role.
-// The returned unlock must be called.
+// lockedMember takes the conversation lock and checks the caller's role
+// against the store. The returned unlock must be called; it drops the
+// cached view of the conversation, which the caller may have changed (the
+// callers also drop it as soon as they change it, so that the system event
+// announcing a change is fanned out to the new membership).
 func (s *Service) lockedMember(ctx context.Context, from Sender, conv string, need storage.Role) (*convState, storage.Conversation, storage.Member, func(), error) {
 	cs := s.conv(from.App, conv)
 	cs.mu.Lock()
@@ -101,7 +105,7 @@ func (s *Service) lockedMember(ctx context.Context, from Sender, conv string, ne
 		cs.mu.Unlock()
 		return nil, c, m, nil, err
 	}
-	return cs, c, m, cs.mu.Unlock, nil
+	return cs, c, m, func() { s.Invalidate(from.App, conv); cs.mu.Unlock() }, nil
 }
 
 // Add adds users to a group or channel (admins and owners). role may be ""
@@ -138,6 +142,7 @@ func (s *Service) Add(ctx context.Context, from Sender, conv string, users []str
 	if err != nil {
 		return protocol.InfoResult{}, s.internal("add members", err)
 	}
+	s.Invalidate(from.App, conv)
 	c.Members += len(added)
 	if len(added) > 0 {
 		if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "added", By: from.User, Users: added, Role: string(r)}, nil); err != nil {
@@ -174,6 +179,7 @@ func (s *Service) Remove(ctx context.Context, from Sender, conv string, users []
 	if err != nil {
 		return protocol.InfoResult{}, s.internal("remove members", err)
 	}
+	s.Invalidate(from.App, conv)
 	c.Members -= len(removed)
 	if len(removed) > 0 {
 		if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "removed", By: from.User, Users: removed}, removed); err != nil {
@@ -221,7 +227,9 @@ func (s *Service) Leave(ctx context.Context, from Sender, conv string) (protocol
 			}
 		}
 	}
-	if _, err := s.store.RemoveMembers(ctx, from.App, conv, []string{from.User}); err != nil {
+	_, err = s.store.RemoveMembers(ctx, from.App, conv, []string{from.User})
+	s.Invalidate(from.App, conv)
+	if err != nil {
 		return protocol.MarkResult{}, s.internal("leave", err)
 	}
 	c.Members--
@@ -263,6 +271,7 @@ func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role str
 			return protocol.InfoResult{}, s.internal("set role", err)
 		}
 	}
+	s.Invalidate(from.App, conv)
 	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "role", By: from.User, Users: []string{user}, Role: role}, nil); err != nil {
 		return protocol.InfoResult{}, err
 	}
@@ -271,11 +280,11 @@ func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role str
 
 // Info returns a conversation and a page of its members (members only).
 func (s *Service) Info(ctx context.Context, from Sender, conv, start string, limit int) (protocol.InfoResult, error) {
-	c, _, err := s.member(ctx, from, conv)
+	v, _, err := s.viewMember(ctx, from, conv)
 	if err != nil {
 		return protocol.InfoResult{}, err
 	}
-	return s.info(ctx, from, c, start, limit)
+	return s.info(ctx, from, v.conv, start, limit)
 }
 
 func (s *Service) info(ctx context.Context, from Sender, c storage.Conversation, start string, limit int) (protocol.InfoResult, error) {

@@ -45,21 +45,22 @@ func (s *Service) Send(ctx context.Context, from Sender, in SendRequest) (protoc
 	}
 
 	var (
-		c   storage.Conversation
+		v   *convView
 		err error
 	)
 	if in.To != "" {
-		c, err = s.direct(ctx, from, in.To)
+		v, err = s.direct(ctx, from, in.To)
 	} else {
-		var m storage.Member
-		c, m, err = s.member(ctx, from, in.Conv)
-		if err == nil && c.Kind == storage.KindChannel && rank(m.Role) < rank(storage.RoleAdmin) {
-			err = protocol.Errorf(protocol.CodeForbidden, "only admins and services may write to channel %s", c.ID)
+		var r storage.Role
+		v, r, err = s.viewMember(ctx, from, in.Conv)
+		if err == nil && v.conv.Kind == storage.KindChannel && rank(r) < rank(storage.RoleAdmin) {
+			err = protocol.Errorf(protocol.CodeForbidden, "only admins and services may write to channel %s", v.conv.ID)
 		}
 	}
 	if err != nil {
 		return protocol.Ack{}, err
 	}
+	c := v.conv
 
 	cs := s.conv(from.App, c.ID)
 	cs.mu.Lock()
@@ -77,29 +78,30 @@ func (s *Service) Send(ctx context.Context, from Sender, in SendRequest) (protoc
 
 // direct returns the direct conversation between from and to, creating it
 // on first use.
-func (s *Service) direct(ctx context.Context, from Sender, to string) (storage.Conversation, error) {
+func (s *Service) direct(ctx context.Context, from Sender, to string) (*convView, error) {
 	id := protocol.DirectConvID(from.User, to)
-	c, err := s.store.GetConversation(ctx, from.App, id)
+	v, err := s.view(ctx, from.App, id)
 	if err == nil {
-		return c, nil
+		return v, nil
 	}
 	if !errors.Is(err, storage.ErrNotFound) {
-		return c, s.internal("read conversation", err)
+		return nil, s.internal("read conversation", err)
 	}
 	if err := s.checkUsers(ctx, from.App, []string{to}); err != nil {
-		return c, err
+		return nil, err
 	}
 	now := s.now().UnixMilli()
-	c = storage.Conversation{ID: id, Kind: storage.KindDirect, CreatedBy: from.User, Created: now}
+	c := storage.Conversation{ID: id, Kind: storage.KindDirect, CreatedBy: from.User, Created: now}
 	ms := []storage.Member{{User: from.User, Role: storage.RoleMember, Joined: now}, {User: to, Role: storage.RoleMember, Joined: now}}
 	if err := s.store.CreateConversation(ctx, from.App, c, ms); err != nil && !errors.Is(err, storage.ErrExists) {
-		return c, s.internal("create direct conversation", err)
+		return nil, s.internal("create direct conversation", err)
 	}
 	// Created now, or by a concurrent first send: read what is stored.
-	if c, err = s.store.GetConversation(ctx, from.App, id); err != nil {
-		return c, s.internal("read conversation", err)
+	s.Invalidate(from.App, id)
+	if v, err = s.view(ctx, from.App, id); err != nil {
+		return nil, s.internal("read conversation", err)
 	}
-	return c, nil
+	return v, nil
 }
 
 // appendLocked assigns the next seq, stores the message durably and
@@ -158,8 +160,9 @@ func (s *Service) appendLocked(ctx context.Context, cs *convState, app string, c
 	}
 }
 
-// fanout delivers a stored message. Failing to list members does not fail
-// the send (the message is stored; members get it by sync), but is logged.
+// fanout delivers a stored message to the members (as cached; see
+// Invalidate) and extra. Failing to read the members does not fail the send
+// (the message is stored; members get it by sync), but is logged.
 func (s *Service) fanout(ctx context.Context, app string, c storage.Conversation, data []byte, extra []string) {
 	if c.Kind == storage.KindChannel && s.o.ChannelBroadcast {
 		s.out.Broadcast(app, c.ID, data)
@@ -168,16 +171,15 @@ func (s *Service) fanout(ctx context.Context, app string, c storage.Conversation
 		}
 		return
 	}
-	ms, err := s.store.ListMembers(ctx, app, c.ID, "", 0)
+	v, err := s.view(ctx, app, c.ID)
 	if err != nil {
 		s.log.Error("chat fan-out: list members", "app", app, "conv", c.ID, "err", err)
 		return
 	}
-	users := make([]string, 0, len(ms)+len(extra))
-	for _, m := range ms {
-		users = append(users, m.User)
+	users := v.users
+	if len(extra) > 0 {
+		users = append(append(make([]string, 0, len(users)+len(extra)), users...), extra...)
 	}
-	users = append(users, extra...)
 	s.out.Deliver(app, users, data)
 }
 

@@ -16,8 +16,9 @@ import (
 
 // Deliverer hands outbound payloads to connected devices. Implementations
 // must not block on a slow receiver: drop, count, and let the device catch
-// up by sync. The payload must not be modified or retained past the call
-// unless copied.
+// up by sync. Neither the payload nor the users slice (which may be the
+// Service's cached member list) may be modified, and neither may be
+// retained past the call unless copied.
 type Deliverer interface {
 	// Deliver sends payload to every device of each user (their downlink).
 	Deliver(app string, users []string, payload []byte)
@@ -75,6 +76,10 @@ type Options struct {
 	// MaxReplyBytes bounds the messages of one sync or history page
 	// (default 256 KiB); a page always holds at least one message.
 	MaxReplyBytes int
+	// CacheMembers bounds the conversation cache (see Invalidate): the
+	// most members it holds over all cached conversations, each of which
+	// also counts 1 (default 1<<18, about 25 MB).
+	CacheMembers int
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
 }
@@ -96,6 +101,7 @@ type Service struct {
 	now   func() time.Time
 	ids   *idGen
 	quota *limiter
+	cache *convCache
 
 	convs sync.Map // app/conv -> *convState
 
@@ -132,6 +138,9 @@ func New(o Options) (*Service, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.CacheMembers <= 0 {
+		o.CacheMembers = 1 << 18
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -147,6 +156,7 @@ func New(o Options) (*Service, error) {
 		log:   o.Logger,
 		now:   o.Now,
 		ids:   newIDGen(o.Node),
+		cache: newConvCache(o.CacheMembers),
 	}
 	if o.SendRate > 0 {
 		s.quota = newLimiter(o.SendRate, float64(o.SendBurst))
@@ -226,8 +236,10 @@ func (s *Service) internal(what string, err error) error {
 	return protocol.Errorf(protocol.CodeInternal, "%s failed in storage; retry", what)
 }
 
-// member returns from's membership of conv, or not_member. Services are
-// treated as owners of every conversation of their app.
+// member returns from's membership of conv, or not_member, read from the
+// store (not the cache): operations that change a conversation authorize
+// with it. Services are treated as owners of every conversation of their
+// app.
 func (s *Service) member(ctx context.Context, from Sender, conv string) (storage.Conversation, storage.Member, error) {
 	c, err := s.store.GetConversation(ctx, from.App, conv)
 	if errors.Is(err, storage.ErrNotFound) {

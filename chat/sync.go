@@ -159,7 +159,7 @@ func (s *Service) Sync(ctx context.Context, from Sender, cursors map[string]uint
 // History returns a page of one conversation in ascending seq order: the
 // messages before seq before, or after seq after, or (neither) the newest.
 func (s *Service) History(ctx context.Context, from Sender, conv string, before, after uint64, limit int) (protocol.HistoryResult, error) {
-	if _, _, err := s.member(ctx, from, conv); err != nil {
+	if _, _, err := s.viewMember(ctx, from, conv); err != nil {
 		return protocol.HistoryResult{}, err
 	}
 	if limit <= 0 {
@@ -213,7 +213,7 @@ func (s *Service) History(ctx context.Context, from Sender, conv string, before,
 // caller's other devices (so they clear their unread badge); in a direct
 // conversation to both users; in a channel only to the caller.
 func (s *Service) MarkRead(ctx context.Context, from Sender, conv string, seq uint64) (protocol.MarkResult, error) {
-	c, _, err := s.member(ctx, from, conv)
+	v, _, err := s.viewMember(ctx, from, conv)
 	if err != nil {
 		return protocol.MarkResult{}, err
 	}
@@ -240,7 +240,7 @@ func (s *Service) MarkRead(ctx context.Context, from Sender, conv string, seq ui
 	if seq <= prev {
 		return protocol.MarkResult{Conv: conv, Seq: prev}, nil
 	}
-	s.receipt(ctx, from, c, "read", prev, seq)
+	s.receipt(ctx, from, v, "read", prev, seq)
 	return protocol.MarkResult{Conv: conv, Seq: seq}, nil
 }
 
@@ -248,7 +248,7 @@ func (s *Service) MarkRead(ctx context.Context, from Sender, conv string, seq ui
 // moves, a delivered receipt goes to the authors of the newly delivered
 // messages (other than the caller); channels send none.
 func (s *Service) MarkDelivered(ctx context.Context, from Sender, conv string, seq uint64) (protocol.MarkResult, error) {
-	c, _, err := s.member(ctx, from, conv)
+	v, _, err := s.viewMember(ctx, from, conv)
 	if err != nil {
 		return protocol.MarkResult{}, err
 	}
@@ -267,12 +267,13 @@ func (s *Service) MarkDelivered(ctx context.Context, from Sender, conv string, s
 	if seq <= prev {
 		return protocol.MarkResult{Conv: conv, Seq: prev}, nil
 	}
-	s.receipt(ctx, from, c, "delivered", prev, seq)
+	s.receipt(ctx, from, v, "delivered", prev, seq)
 	return protocol.MarkResult{Conv: conv, Seq: seq}, nil
 }
 
 // receipt delivers a receipt for the range (prev, seq].
-func (s *Service) receipt(ctx context.Context, from Sender, c storage.Conversation, typ string, prev, seq uint64) {
+func (s *Service) receipt(ctx context.Context, from Sender, v *convView, typ string, prev, seq uint64) {
+	c := v.conv
 	var to []string
 	switch {
 	case c.Kind == storage.KindChannel:
@@ -280,14 +281,9 @@ func (s *Service) receipt(ctx context.Context, from Sender, c storage.Conversati
 			to = []string{from.User}
 		}
 	case c.Kind == storage.KindDirect:
-		ms, err := s.store.ListMembers(ctx, from.App, c.ID, "", 0)
-		if err != nil {
-			s.log.Error("chat receipt: list members", "conv", c.ID, "err", err)
-			return
-		}
-		for _, m := range ms {
-			if typ == "read" || m.User != from.User {
-				to = append(to, m.User)
+		for _, u := range v.users {
+			if typ == "read" || u != from.User {
+				to = append(to, u)
 			}
 		}
 	default:
@@ -319,7 +315,7 @@ func (s *Service) receipt(ctx context.Context, from Sender, c storage.Conversati
 // Reads answers how many members have read conv up to seq (group read
 // counts); for up to 100 members it names them.
 func (s *Service) Reads(ctx context.Context, from Sender, conv string, seq uint64) (protocol.ReadsResult, error) {
-	if _, _, err := s.member(ctx, from, conv); err != nil {
+	if _, _, err := s.viewMember(ctx, from, conv); err != nil {
 		return protocol.ReadsResult{}, err
 	}
 	ms, err := s.store.ListMembers(ctx, from.App, conv, "", 0)
