@@ -24,8 +24,20 @@ type Conn struct {
 	net.Conn
 	ws  *websocket.Conn
 	r   io.Reader
-	wmu sync.Mutex
+	wmu sync.Mutex // one WebSocket message at a time
+	pmu sync.Mutex // one MQTT packet at a time; see Lock
 }
+
+// Lock and Unlock make Conn a sync.Locker. An MQTT client that writes one
+// packet in several Write calls (paho writes the fixed header and the body
+// separately, and its keep-alive pinger writes from another goroutine)
+// holds this lock around the whole packet when the connection offers it, so
+// that packets from different goroutines never interleave. A TCP socket
+// gets the same effect from a single writev; a WebSocket needs the lock.
+func (c *Conn) Lock() { c.pmu.Lock() }
+
+// Unlock releases the packet lock.
+func (c *Conn) Unlock() { c.pmu.Unlock() }
 
 // New wraps ws.
 func New(ws *websocket.Conn) *Conn { return &Conn{Conn: ws.NetConn(), ws: ws} }
