@@ -12,22 +12,33 @@
 // Send resolves the conversation ("to" derives the direct conversation and
 // creates it on first use), checks that the sender may write (members of
 // groups and direct conversations; admins, owners and services for
-// channels), and then, under a per-conversation lock:
+// channels), and then:
 //
-//  1. looks up (app, user, device, cmid): a retry of a message that was
-//     stored returns the original id and seq and is not delivered again;
-//  2. takes the next seq from an in-memory head, seeded from the log;
-//  3. appends the message, its dedupe entry and the author's read mark in
-//     one durable write (the store group-commits it with other senders');
-//  4. hands the stored bytes to the Deliverer for every member.
+//  1. claims (app, user, device, cmid) and looks it up in the store: a
+//     retry of a message that was stored returns the original id and seq
+//     and is not delivered again, and a retry of one still on its way to
+//     the disk waits for it and gets the same answer;
+//  2. under the conversation's lock, takes the next seq from an in-memory
+//     head (seeded from the log) and queues the message, its dedupe entry
+//     and the author's read mark as one durable append (the store
+//     group-commits it with other senders');
+//  3. once it is durable, hands the stored bytes to the Deliverer for every
+//     member, from the conversation's outbox, in seq order.
 //
-// The head only moves after a successful append, so a failed write leaves
-// no gap. The append is also a compare-and-set on the stored head, so if
-// another process appended meanwhile (a scaled-out deployment where a
-// conversation's sequencer moved), the append fails with a conflict, the
-// head is re-read and the send retried; two writers cannot both take a seq.
-// Delivery happens inside the lock, so live messages of one conversation
-// leave in seq order and a receiver that sees a gap knows to sync.
+// Send waits for all of that; SendAsync returns after step 2, so that a
+// transport can take a device's next message while the disk works, and
+// reports the outcome later. Member lists and conversation records come from
+// a per-process cache (see Invalidate).
+//
+// A failure never leaves a gap. The store carries appends out in the order
+// they were queued and each one is also a compare-and-set on the stored
+// head: when one fails, every append queued after it in that conversation
+// fails too (none of them continues the log), and the next send re-reads
+// the head from the store. The same compare-and-set guards against another
+// process appending meanwhile (a scaled-out deployment where a
+// conversation's sequencer moved): two writers cannot both take a seq, and
+// Send retries after such a conflict. Live messages of one conversation
+// leave in seq order, so a receiver that sees a gap knows to sync.
 //
 // # Delivery and catching up
 //

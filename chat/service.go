@@ -105,14 +105,32 @@ type Service struct {
 
 	convs sync.Map // app/conv -> *convState
 
+	claimMu sync.Mutex
+	claims  map[claimKey]*claim // cmids whose append is queued
+
 	sent, dups, conflicts, denied atomic.Uint64
 }
 
-// convState serialises one conversation's writes and caches its head.
+// convState sequences one conversation. mu serialises the assignment of
+// seqs and the queueing of appends (so the store gets them in seq order);
+// head is the last seq assigned, which runs ahead of what is durable while
+// appends are queued.
+//
+// Failures. Every load of the head from the store starts a generation
+// (gen), and each queued append remembers its generation. When an append
+// fails, the store fails every later one of the conversation too, so the
+// head in memory is wrong from that append on: the store's goroutine
+// records the failed generation in failedGen (it must not take mu, which a
+// sender may hold while it waits for the store), and the next sender, seeing
+// failedGen reach gen, re-reads the head. Failures of appends from an older
+// generation, which were queued before the reload, change nothing.
 type convState struct {
-	mu     sync.Mutex
-	head   uint64
-	loaded bool
+	mu        sync.Mutex
+	head      uint64
+	loaded    bool
+	gen       uint64
+	failedGen atomic.Uint64
+	out       outbox // completions, in seq order
 }
 
 // New returns a Service. It starts no goroutines; see StartRetention.
@@ -150,13 +168,14 @@ func New(o Options) (*Service, error) {
 		o.Node = binary.BigEndian.Uint16(b[:]) | 1
 	}
 	s := &Service{
-		o:     o,
-		store: o.Store,
-		out:   o.Deliverer,
-		log:   o.Logger,
-		now:   o.Now,
-		ids:   newIDGen(o.Node),
-		cache: newConvCache(o.CacheMembers),
+		o:      o,
+		store:  o.Store,
+		out:    o.Deliverer,
+		log:    o.Logger,
+		now:    o.Now,
+		ids:    newIDGen(o.Node),
+		cache:  newConvCache(o.CacheMembers),
+		claims: map[claimKey]*claim{},
 	}
 	if o.SendRate > 0 {
 		s.quota = newLimiter(o.SendRate, float64(o.SendBurst))

@@ -3,17 +3,32 @@ package hooks
 // Chat is the mochi hook that turns uplink publishes into chat operations.
 //
 // A device publishes an envelope (protocol.Request) on its uplink
-// w/{app}/up/{user}/{device}. OnPublish runs in that client's read loop,
-// before the broker acks the publish, so the hook does the whole operation
-// there: parse, run it through the chat Service (which persists with a
-// durable group commit), reply, and only then return. The PUBACK therefore
-// means "stored". The uplink publish itself is never delivered to anyone:
+// w/{app}/up/{user}/{device}. OnPublish runs in that client's read loop.
+// The uplink publish itself is never delivered to anyone.
 //
-//	success                     -> packets.CodeSuccessIgnore (PUBACK 0x00, not routed)
-//	failure, MQTT 5 and QoS > 0 -> the reason code (PUBACK 0x80/0x87/0x97/0x99/0x83)
-//	failure, MQTT 3.1.1 or QoS 0 -> packets.CodeSuccessIgnore as well, because
-//	                               mochi would route the original packet on any
-//	                               other error for those clients
+// Pipelined acks. mochi reads one packet per connection at a time and acks
+// a publish when OnPublish returns, so if OnPublish waited for the disk a
+// client could get at most one message stored per fsync. Instead, for QoS 0
+// and 1, OnPublish parses the request, has the chat Service check it,
+// assign its seq and queue its durable append (chat.Service.SendAsync), and
+// returns packets.ErrRejectPacket, which makes mochi send nothing and route
+// nothing; the next publish is read while the disk works. The hook sends
+// the PUBACK itself once the message is durable, so a PUBACK still means
+// "stored". Each connection has a queue of its publishes in arrival order
+// (see uplink): PUBACKs leave in that order whatever order the outcomes
+// come in, and a connection with MaxPending publishes in progress is not
+// read further until one completes. Requests other than send run at once
+// but queue their PUBACK behind the sends before them. QoS 2 keeps the
+// synchronous flow (mochi answers with PUBREC when OnPublish returns).
+//
+// Outcomes, as PUBACK (QoS 1) or PUBREC (QoS 2):
+//
+//	success                     -> 0x00
+//	failure, MQTT 5             -> the reason code (0x80/0x87/0x97/0x99/0x83)
+//	refusal, MQTT 3.1.1         -> a plain ack: the request is answered, and
+//	                               resending it would not help
+//	storage failure, MQTT 3.1.1 -> no ack at all, so the client resends it
+//	                               when it reconnects (dedupe makes that safe)
 //
 // and in every failure case an error envelope goes to the device topic, which
 // is how MQTT 3.1.1 clients (whose PUBACK has no reason code) learn of it.
@@ -26,7 +41,8 @@ package hooks
 // one with a Response Topic or a "rid".
 //
 // Outbound messages go through the server's inline client (InjectPacket),
-// synchronously in the caller's goroutine. That re-enters OnPublish with
+// synchronously in the caller's goroutine (for a send, a goroutine of the
+// chat Service, after the message is durable). That re-enters OnPublish with
 // cl.Net.Inline set; the hook returns at once for those.
 //
 // Live delivery is QoS 0 by default, on purpose. The log is the durable
@@ -79,6 +95,12 @@ type ChatOptions struct {
 	// mochi track each delivery as inflight, and lets one stalled
 	// subscriber block its publishers; see the file comment.
 	DeliveryQoS byte
+	// MaxPending bounds the uplink publishes of one connection that are in
+	// progress (queued for the disk, or waiting for their PUBACK to be
+	// due); beyond it the hook stops reading that connection until one
+	// completes. Default: the server's Receive Maximum, which a client
+	// that follows MQTT 5 never exceeds anyway.
+	MaxPending int
 }
 
 // ChatStats are the hook's counters.
@@ -89,6 +111,10 @@ type ChatStats struct {
 	Dropped   uint64 // outbound chat publishes mochi dropped (full client queue)
 	Hints     uint64 // sync hints sent
 	Panics    uint64 // recovered panics (each one a bug)
+	Waits     uint64 // times a connection had MaxPending publishes in progress and was made to wait
+	// PendingPeak is the most uplink publishes one connection has had in
+	// progress at once.
+	PendingPeak int64
 }
 
 // Chat is the chat hook. Create it with NewChat, give it to chat.New as
@@ -105,12 +131,17 @@ type Chat struct {
 	timeout time.Duration
 	qos     byte
 
+	uplinks    sync.Map // *mqtt.Client -> *uplink
+	maxPending int
+	pend       counter // uplink publishes in progress, for Stop
+	maxSeen    atomic.Int64
+
 	mu     sync.Mutex
 	behind map[string]struct{} // client IDs owed a sync hint
 	stop   chan struct{}
 	done   chan struct{}
 
-	handled, failed, published, dropped, hints, panics atomic.Uint64
+	handled, failed, published, dropped, hints, panics, waits atomic.Uint64
 }
 
 // NewChat returns an uninitialised hook; it delivers nothing until the
@@ -124,7 +155,7 @@ func (h *Chat) ID() string { return "warbler-chat" }
 
 // Provides implements mqtt.Hook.
 func (h *Chat) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnPublishDropped
+	return b == mqtt.OnPublish || b == mqtt.OnPublishDropped || b == mqtt.OnDisconnect
 }
 
 // Init implements mqtt.Hook; config must be a *ChatOptions.
@@ -151,6 +182,13 @@ func (h *Chat) Init(config any) error {
 	if h.timeout <= 0 {
 		h.timeout = 10 * time.Second
 	}
+	h.maxPending = o.MaxPending
+	if h.maxPending <= 0 {
+		h.maxPending = int(o.Server.Options.Capabilities.ReceiveMaximum)
+	}
+	if h.maxPending <= 0 {
+		h.maxPending = 1024
+	}
 	every := o.HintInterval
 	if every <= 0 {
 		every = time.Second
@@ -160,8 +198,12 @@ func (h *Chat) Init(config any) error {
 	return nil
 }
 
-// Stop implements mqtt.Hook: it ends the hint loop.
+// Stop implements mqtt.Hook: it waits for the uplink publishes in progress
+// to be durable and answered (the broker has disconnected the clients by
+// then, so the answers mostly go nowhere, but nothing queued is abandoned
+// half way), then ends the hint loop.
 func (h *Chat) Stop() error {
+	h.pend.wait()
 	if h.stop != nil {
 		select {
 		case <-h.stop:
@@ -176,11 +218,11 @@ func (h *Chat) Stop() error {
 // Stats returns the hook's counters.
 func (h *Chat) Stats() ChatStats {
 	return ChatStats{Handled: h.handled.Load(), Failed: h.failed.Load(), Published: h.published.Load(),
-		Dropped: h.dropped.Load(), Hints: h.hints.Load(), Panics: h.panics.Load()}
+		Dropped: h.dropped.Load(), Hints: h.hints.Load(), Panics: h.panics.Load(), Waits: h.waits.Load(), PendingPeak: h.maxSeen.Load()}
 }
 
 // OnPublish implements mqtt.Hook. See the file comment for what it returns.
-func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (out packets.Packet, err error) {
+func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if cl.Net.Inline {
 		return pk, nil // our own outbound publishes re-entering
 	}
@@ -189,30 +231,86 @@ func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (out packets.Packet
 		return pk, nil // not ours
 	}
 	h.handled.Add(1)
-	v5qos := cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos > 0
-	fail := func(c packets.Code) error {
-		h.failed.Add(1)
-		if v5qos {
-			return c
+	v5 := cl.Properties.ProtocolVersion == 5
+	if pk.FixedHeader.Qos == 2 {
+		// QoS 2 keeps the synchronous flow: wait for the outcome here and
+		// let mochi answer with PUBREC.
+		ch := make(chan outcome, 1)
+		h.serve(cl, pk, t, false, func(o outcome) { ch <- o })
+		o := <-ch
+		switch {
+		case o.ok:
+			return pk, packets.CodeSuccessIgnore
+		case v5:
+			return pk, o.code
+		case o.transient:
+			return pk, packets.ErrRejectPacket
 		}
-		return packets.CodeSuccessIgnore
+		return pk, packets.CodeSuccessIgnore
+	}
+	q := h.uplink(cl)
+	e := q.push(pk)
+	if e == nil {
+		return pk, packets.ErrRejectPacket // a resend of a publish still in progress
+	}
+	h.serve(cl, pk, t, true, func(o outcome) {
+		switch {
+		case pk.FixedHeader.Qos == 0:
+			q.complete(e, false, packets.CodeSuccess, o.inline)
+		case o.ok:
+			q.complete(e, true, packets.CodeSuccess, o.inline)
+		case v5:
+			q.complete(e, true, o.code, o.inline)
+		default:
+			// MQTT 3.1.1 acks carry no reason: a transient failure stays
+			// unacked (the client resends it when it reconnects), a
+			// refusal is acked so that it is not resent forever.
+			q.complete(e, !o.transient, packets.CodeSuccess, o.inline)
+		}
+	})
+	// mochi sends nothing for a rejected packet: the queue acks it.
+	return pk, packets.ErrRejectPacket
+}
+
+// outcome is how an uplink request ended.
+type outcome struct {
+	ok        bool
+	code      packets.Code // the MQTT 5 reason code of a failure
+	transient bool         // the failure may go away on retry (storage)
+	inline    bool         // reported on the client's read goroutine
+}
+
+// serve runs one uplink request and calls report exactly once with its
+// outcome: at once, on the calling goroutine (inline set), for anything
+// but a send, and for a send with async set once it is durable. Replies
+// and error envelopes go to the device topic before report is called.
+func (h *Chat) serve(cl *mqtt.Client, pk packets.Packet, t protocol.Topic, async bool, report func(outcome)) {
+	var reported atomic.Bool
+	fail := func(err error, inline bool) {
+		h.failed.Add(1)
+		o := outcome{code: reasonFor(err), inline: inline}
+		var pe *protocol.Error
+		o.transient = !errors.As(err, &pe) || pe.Code == protocol.CodeInternal || pe.Code == protocol.CodeUnavailable
+		if reported.CompareAndSwap(false, true) {
+			report(o)
+		}
 	}
 	defer func() {
 		if r := recover(); r != nil {
 			h.panics.Add(1)
 			h.log.Error("chat hook panic", "client", cl.ID, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			out, err = pk, fail(packets.ErrUnspecifiedError)
+			fail(protocol.Errorf(protocol.CodeInternal, "internal error"), true)
 		}
 	}()
 
 	app, user, device, ok := protocol.ParseClientID(cl.ID)
-	if !ok || app != t.App || user != t.User || device != t.Device {
+	if !ok || app != t.App || user != t.User || device != t.Device || h.svc == nil {
 		// Only the device itself may use its uplink. The ACL should have
 		// refused this already; there is no device topic to answer on.
-		return pk, fail(packets.ErrNotAuthorized)
-	}
-	if h.svc == nil {
-		return pk, fail(packets.ErrUnspecifiedError)
+		h.failed.Add(1)
+		reported.Store(true)
+		report(outcome{code: packets.ErrNotAuthorized, inline: true})
+		return
 	}
 	dev := protocol.DeviceTopic(app, user, device)
 	var corr []byte
@@ -227,20 +325,203 @@ func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (out packets.Packet
 	req, perr := protocol.ParseRequest(pk.Payload, h.limits)
 	if perr != nil {
 		h.reply(dev, corr, errorReply(peek(pk.Payload, h.limits), perr))
-		return pk, fail(reasonFor(perr))
+		fail(perr, true)
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.timeout)
 	defer cancel()
-	result, herr := h.svc.Handle(ctx, chat.Sender{App: app, User: user, Device: device}, req)
+	from := chat.Sender{App: app, User: user, Device: device}
 	echo := echoOf{Op: req.Op, RID: req.RID, CMID: req.CMID}
+	if req.Op == protocol.OpSend && async {
+		// The reply (if asked for) and the outcome wait until the message
+		// is durable; the client's next publish is read meanwhile.
+		wantReply := explicit || req.RID != ""
+		h.svc.SendAsync(ctx, from, chat.SendRequest{Conv: req.Conv, To: req.To, CMID: req.CMID, Type: req.Type, Body: req.Body}, func(ack protocol.Ack, err error) {
+			if err != nil {
+				h.reply(dev, corr, errorReply(echo, err))
+				fail(err, false)
+				return
+			}
+			if wantReply {
+				h.reply(dev, corr, protocol.Reply{Kind: protocol.KindReply, Op: echo.Op, RID: echo.RID, CMID: echo.CMID, Result: ack})
+			}
+			if reported.CompareAndSwap(false, true) {
+				report(outcome{ok: true})
+			}
+		})
+		return
+	}
+	result, herr := h.svc.Handle(ctx, from, req)
 	if herr != nil {
 		h.reply(dev, corr, errorReply(echo, herr))
-		return pk, fail(reasonFor(herr))
+		fail(herr, true)
+		return
 	}
 	if req.Op != protocol.OpSend || explicit || req.RID != "" {
 		h.reply(dev, corr, protocol.Reply{Kind: protocol.KindReply, Op: echo.Op, RID: echo.RID, CMID: echo.CMID, Result: result})
 	}
-	return pk, packets.CodeSuccessIgnore
+	if reported.CompareAndSwap(false, true) {
+		report(outcome{ok: true, inline: true})
+	}
+}
+
+// OnDisconnect implements mqtt.Hook: it forgets the client's uplink queue.
+// Publishes of it still in progress finish (their acks go nowhere).
+func (h *Chat) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.uplinks.Delete(cl)
+}
+
+func (h *Chat) uplink(cl *mqtt.Client) *uplink {
+	if q, ok := h.uplinks.Load(cl); ok {
+		return q.(*uplink)
+	}
+	q, _ := h.uplinks.LoadOrStore(cl, &uplink{h: h, cl: cl, room: make(chan struct{}, 1)})
+	return q.(*uplink)
+}
+
+// uplink is one connection's publishes on its uplink that are in progress
+// or not yet acknowledged, in arrival order. mochi reads a connection's
+// packets one at a time and would ack each when OnPublish returns; the
+// hook instead returns as soon as a send is queued, so that the next
+// publish is read while the disk works, and acks from here: an entry is
+// acked once it and every entry before it have an outcome, so PUBACKs leave
+// in the order the PUBLISHes came (MQTT-4.6.0-2) however their sends
+// complete. At most maxPending entries are queued; OnPublish waits for
+// room beyond that, which holds up that client only.
+type uplink struct {
+	h    *Chat
+	cl   *mqtt.Client
+	room chan struct{} // signalled when entries leave
+
+	mu       sync.Mutex
+	q        []*upEntry
+	flushing bool       // a flush is writing acks
+	out      []*upEntry // the flush's batch
+}
+
+type upEntry struct {
+	id   uint16
+	qos  byte
+	done bool
+	ack  bool // write a PUBACK
+	code packets.Code
+}
+
+// push queues a publish, waiting while the queue is full. It returns nil
+// for a resend (DUP) of a QoS 1 publish that is still queued: that one's
+// PUBACK answers both.
+func (q *uplink) push(pk packets.Packet) *upEntry {
+	q.mu.Lock()
+	if pk.FixedHeader.Dup && pk.FixedHeader.Qos > 0 {
+		for _, e := range q.q {
+			if e.qos > 0 && e.id == pk.PacketID {
+				q.mu.Unlock()
+				return nil
+			}
+		}
+	}
+	if len(q.q) >= q.h.maxPending {
+		q.h.waits.Add(1)
+		for len(q.q) >= q.h.maxPending {
+			q.mu.Unlock()
+			<-q.room
+			q.mu.Lock()
+		}
+	}
+	e := &upEntry{id: pk.PacketID, qos: pk.FixedHeader.Qos}
+	q.q = append(q.q, e)
+	if n := int64(len(q.q)); n > q.h.maxSeen.Load() {
+		q.h.maxSeen.Store(n) // only this client's read goroutine pushes; races only lower it
+	}
+	q.mu.Unlock()
+	q.h.pend.add(1)
+	return e
+}
+
+// complete records an entry's outcome and writes the acks that are due:
+// on this goroutine if inline (the client's read goroutine, as mochi
+// would), else on a goroutine of its own, so that a client that does not
+// read its socket holds up no one else.
+func (q *uplink) complete(e *upEntry, ack bool, code packets.Code, inline bool) {
+	q.mu.Lock()
+	e.done, e.ack, e.code = true, ack, code
+	if q.flushing || !q.q[0].done {
+		q.mu.Unlock()
+		return
+	}
+	q.flushing = true
+	q.mu.Unlock()
+	if inline {
+		q.flush()
+	} else {
+		go q.flush()
+	}
+}
+
+// flush writes the acks of the completed entries at the head of the queue
+// until it reaches one without an outcome. One flush runs at a time.
+func (q *uplink) flush() {
+	for {
+		q.mu.Lock()
+		n := 0
+		for n < len(q.q) && q.q[n].done {
+			n++
+		}
+		if n == 0 {
+			q.flushing = false
+			q.mu.Unlock()
+			return
+		}
+		q.out = append(q.out[:0], q.q[:n]...)
+		m := copy(q.q, q.q[n:])
+		clear(q.q[m:])
+		q.q = q.q[:m]
+		q.mu.Unlock()
+		for _, e := range q.out {
+			if !e.ack {
+				continue
+			}
+			ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: e.id, ReasonCode: e.code.Code}
+			if e.code.Code >= packets.ErrUnspecifiedError.Code {
+				ack.Properties.ReasonString = e.code.Reason
+			}
+			_ = q.cl.WritePacket(ack) // fails only once the client is gone
+		}
+		clear(q.out)
+		select {
+		case q.room <- struct{}{}:
+		default:
+		}
+		q.h.pend.add(-n)
+	}
+}
+
+// counter counts uplink publishes in progress, so that Stop can wait for
+// them.
+type counter struct {
+	mu   sync.Mutex
+	n    int64
+	zero *sync.Cond
+}
+
+func (c *counter) add(d int) {
+	c.mu.Lock()
+	c.n += int64(d)
+	if c.n == 0 && c.zero != nil {
+		c.zero.Broadcast()
+	}
+	c.mu.Unlock()
+}
+
+func (c *counter) wait() {
+	c.mu.Lock()
+	if c.zero == nil {
+		c.zero = sync.NewCond(&c.mu)
+	}
+	for c.n > 0 {
+		c.zero.Wait()
+	}
+	c.mu.Unlock()
 }
 
 // OnPublishDropped implements mqtt.Hook: mochi dropped an outbound message

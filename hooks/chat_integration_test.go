@@ -44,6 +44,12 @@ type broker struct {
 
 func startBroker(t testing.TB, mod func(*mqtt.Options, *chat.Options)) *broker {
 	t.Helper()
+	return startBrokerHook(t, mod, nil)
+}
+
+// startBrokerHook is startBroker with a say in the hook's options too.
+func startBrokerHook(t testing.TB, mod func(*mqtt.Options, *chat.Options), hookMod func(*hooks.ChatOptions)) *broker {
+	t.Helper()
 	db, err := badgerstore.Open(t.TempDir(), badgerstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +71,11 @@ func startBroker(t testing.TB, mod func(*mqtt.Options, *chat.Options)) *broker {
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.AddHook(hook, &hooks.ChatOptions{Server: srv, Service: svc, HintInterval: 20 * time.Millisecond}); err != nil {
+	ho := &hooks.ChatOptions{Server: srv, Service: svc, HintInterval: 20 * time.Millisecond}
+	if hookMod != nil {
+		hookMod(ho)
+	}
+	if err := srv.AddHook(hook, ho); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -112,6 +112,18 @@ type MessageLog interface {
 	// ErrConflict, meaning another writer moved the conversation: re-read
 	// LastSeq and try again. Any other error means nothing was stored.
 	Append(ctx context.Context, app string, b AppendBatch) error
+	// AppendAsync is Append without the wait, for callers that pipeline
+	// their writes. If it returns an error, nothing was queued and done is
+	// never called. Otherwise b is queued and done is called exactly once,
+	// with what Append would have returned, after b is durable or has
+	// failed. Queued appends are carried out in the order they were
+	// queued, so an append queued behind a failed one of the same
+	// conversation finds the log without it and fails with ErrConflict:
+	// a failure never leaves a gap. The done calls happen in queue order,
+	// one at a time, on the store's own goroutine, so done must be quick
+	// and must not wait for the store. ctx bounds only the wait for room
+	// in the queue.
+	AppendAsync(ctx context.Context, app string, b AppendBatch, done func(error)) error
 	// Range returns up to limit entries of conv, starting at seq from and
 	// moving forward (ascending) or backward (descending). Missing seqs
 	// (trimmed by retention) are skipped. Only durable entries are returned.

@@ -63,15 +63,35 @@ func (s *ChatStore) Append(ctx context.Context, app string, b storage.AppendBatc
 	if len(b.Entries) == 0 && len(b.Dedupe) == 0 && len(b.Reads) == 0 {
 		return nil
 	}
+	prepare, after, err := s.appendReq(app, b)
+	if err != nil {
+		return err
+	}
+	return s.c.do(ctx, prepare, after)
+}
+
+// AppendAsync implements storage.MessageLog.
+func (s *ChatStore) AppendAsync(ctx context.Context, app string, b storage.AppendBatch, done func(error)) error {
+	prepare, after, err := s.appendReq(app, b)
+	if err != nil {
+		return err
+	}
+	return s.c.submit(ctx, prepare, after, done)
+}
+
+// appendReq validates b and returns the committer functions that append
+// it: prepare checks that each conversation continues at its head and
+// produces the writes; after publishes the new durable marks.
+func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*badger.Txn) ([]writeOp, error), func(), error) {
 	for _, e := range b.Entries {
 		if e.Seq == 0 || len(e.Sender) > 255 {
-			return fmt.Errorf("append %s: seq must be positive and sender at most 255 bytes", e.Conv)
+			return nil, nil, fmt.Errorf("append %s: seq must be positive and sender at most 255 bytes", e.Conv)
 		}
 	}
 	heads := map[string]uint64{} // new head per conversation
-	return s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	prepare := func(txn *badger.Txn) ([]writeOp, error) {
 		clear(heads)
-		var ws []writeOp
+		ws := make([]writeOp, 0, 2*len(b.Entries)+len(b.Dedupe)+len(b.Reads))
 		for _, e := range b.Entries {
 			head, seen := heads[e.Conv]
 			if !seen {
@@ -119,7 +139,8 @@ func (s *ChatStore) Append(ctx context.Context, app string, b storage.AppendBatc
 		}
 		s.mu.Unlock()
 		return ws, nil
-	}, func() {
+	}
+	after := func() {
 		s.mu.Lock()
 		for conv, head := range heads {
 			k := durableKey(app, conv)
@@ -128,7 +149,8 @@ func (s *ChatStore) Append(ctx context.Context, app string, b storage.AppendBatc
 			}
 		}
 		s.mu.Unlock()
-	})
+	}
+	return prepare, after, nil
 }
 
 func countConv(es []storage.LogEntry, conv string) int {

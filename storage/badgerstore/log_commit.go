@@ -1,7 +1,9 @@
 package badgerstore
 
 // The group committer: the single writer of the chat key space ("c/" and
-// "m/"). Callers hand it a request and wait; one goroutine gathers every
+// "m/"). Callers hand it a request and wait (do), or hand it a request with
+// a callback and carry on (submit, for pipelined appends; callbacks run on
+// the committer goroutine in request order); one goroutine gathers every
 // request that is pending, applies them in one Badger transaction (or a
 // few, if they are large), makes the result durable once, and releases all
 // the waiters. N concurrent senders therefore share one fsync instead of
@@ -73,7 +75,19 @@ type commitReq struct {
 	// caller is released.
 	after func()
 	err   error
-	done  chan struct{}
+	// Exactly one of done and cb is set: do waits on done, submit's
+	// caller is called back with cb.
+	done chan struct{}
+	cb   func(error)
+}
+
+// finish releases the request's caller.
+func (r *commitReq) finish() {
+	if r.cb != nil {
+		r.cb(r.err)
+		return
+	}
+	close(r.done)
 }
 
 // CommitStats counts the committer's work since it started.
@@ -123,20 +137,37 @@ func newCommitter(db *badger.DB, maxBatch, maxBytes int) *committer {
 // waits for the outcome rather than leave a write of unknown fate.
 func (c *committer) do(ctx context.Context, prepare func(*badger.Txn) ([]writeOp, error), after func()) error {
 	r := &commitReq{prepare: prepare, after: after, done: make(chan struct{})}
+	if err := c.enqueue(ctx, r); err != nil {
+		return err
+	}
+	<-r.done
+	return r.err
+}
+
+// submit queues one request without waiting: cb is called with its outcome
+// on the committer goroutine, after those of every request queued before
+// it. If submit returns an error, nothing was queued and cb is not called.
+func (c *committer) submit(ctx context.Context, prepare func(*badger.Txn) ([]writeOp, error), after func(), cb func(error)) error {
+	return c.enqueue(ctx, &commitReq{prepare: prepare, after: after, cb: cb})
+}
+
+func (c *committer) enqueue(ctx context.Context, r *commitReq) error {
 	c.mu.RLock()
+	defer c.mu.RUnlock()
 	if c.closed {
-		c.mu.RUnlock()
 		return ErrClosed
 	}
 	select {
 	case c.reqs <- r:
+		return nil
+	default:
+	}
+	select {
+	case c.reqs <- r:
+		return nil
 	case <-ctx.Done():
-		c.mu.RUnlock()
 		return ctx.Err()
 	}
-	c.mu.RUnlock()
-	<-r.done
-	return r.err
 }
 
 // close stops accepting requests, finishes the queued ones, and returns
@@ -192,7 +223,7 @@ func (c *committer) process(batch []*commitReq) {
 	if c.failed != nil {
 		for _, r := range batch {
 			r.err = c.failed
-			close(r.done)
+			r.finish()
 		}
 		return
 	}
@@ -275,7 +306,7 @@ func (c *committer) process(batch []*commitReq) {
 		}
 	}
 	for _, r := range batch {
-		close(r.done)
+		r.finish()
 	}
 }
 
