@@ -58,7 +58,9 @@ type ChatStore struct {
 
 var _ storage.ChatStore = (*ChatStore)(nil)
 
-// NewChat starts the chat store on db, with its committer goroutine.
+// NewChat starts the chat store on db, with its committer goroutine. At
+// most one chat store may be open on a DB at a time: its committer must be
+// the only writer of the chat keys, and it caches some of what it wrote.
 func NewChat(db *DB, o ChatOptions) *ChatStore {
 	if o.MaxBatch <= 0 {
 		o.MaxBatch = 1024
@@ -187,9 +189,9 @@ func (s *ChatStore) view(ctx context.Context, fn func(*badger.Txn) error) error 
 
 // CreateConversation implements storage.Conversations.
 func (s *ChatStore) CreateConversation(ctx context.Context, app string, c storage.Conversation, members []storage.Member) error {
-	return s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	return s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		var existing convRec
-		switch err := getJSON(txn, convKey(app, c.ID), &existing); {
+		switch err := w.getJSON(convKey(app, c.ID), &existing); {
 		case err == nil:
 			return nil, storage.ErrExists
 		case !errors.Is(err, storage.ErrNotFound):
@@ -258,10 +260,10 @@ func (s *ChatStore) ListMembers(ctx context.Context, app, conv, start string, li
 // AddMembers implements storage.Conversations.
 func (s *ChatStore) AddMembers(ctx context.Context, app, conv string, members []storage.Member, max int) ([]string, error) {
 	var added []string
-	err := s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	err := s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		added = nil
 		var rec convRec
-		if err := getJSON(txn, convKey(app, conv), &rec); err != nil {
+		if err := w.getJSON(convKey(app, conv), &rec); err != nil {
 			return nil, err
 		}
 		var ws []writeOp
@@ -272,7 +274,7 @@ func (s *ChatStore) AddMembers(ctx context.Context, app, conv string, members []
 			}
 			seen[m.User] = true
 			var old memberRec
-			switch err := getJSON(txn, memberKey(app, conv, m.User), &old); {
+			switch err := w.getJSON(memberKey(app, conv, m.User), &old); {
 			case err == nil:
 				continue
 			case !errors.Is(err, storage.ErrNotFound):
@@ -299,10 +301,10 @@ func (s *ChatStore) AddMembers(ctx context.Context, app, conv string, members []
 // RemoveMembers implements storage.Conversations.
 func (s *ChatStore) RemoveMembers(ctx context.Context, app, conv string, users []string) ([]string, error) {
 	var removed []string
-	err := s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	err := s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		removed = nil
 		var rec convRec
-		if err := getJSON(txn, convKey(app, conv), &rec); err != nil {
+		if err := w.getJSON(convKey(app, conv), &rec); err != nil {
 			return nil, err
 		}
 		var ws []writeOp
@@ -313,7 +315,7 @@ func (s *ChatStore) RemoveMembers(ctx context.Context, app, conv string, users [
 			}
 			seen[u] = true
 			var old memberRec
-			switch err := getJSON(txn, memberKey(app, conv, u), &old); {
+			switch err := w.getJSON(memberKey(app, conv, u), &old); {
 			case errors.Is(err, storage.ErrNotFound):
 				continue
 			case err != nil:
@@ -335,9 +337,9 @@ func (s *ChatStore) RemoveMembers(ctx context.Context, app, conv string, users [
 
 // SetRole implements storage.Conversations.
 func (s *ChatStore) SetRole(ctx context.Context, app, conv, user string, role storage.Role) error {
-	return s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	return s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		var rec memberRec
-		if err := getJSON(txn, memberKey(app, conv, user), &rec); err != nil {
+		if err := w.getJSON(memberKey(app, conv, user), &rec); err != nil {
 			return nil, err
 		}
 		rec.Role = role
@@ -390,9 +392,9 @@ func (s *ChatStore) WalkConversations(ctx context.Context, fn func(app, conv str
 // MarkRead implements storage.ChatState.
 func (s *ChatStore) MarkRead(ctx context.Context, app, conv, user string, seq uint64) (uint64, error) {
 	var prev uint64
-	err := s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	err := s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		var rec memberRec
-		if err := getJSON(txn, memberKey(app, conv, user), &rec); err != nil {
+		if err := w.getJSON(memberKey(app, conv, user), &rec); err != nil {
 			return nil, err
 		}
 		prev = rec.Read
@@ -408,10 +410,10 @@ func (s *ChatStore) MarkRead(ctx context.Context, app, conv, user string, seq ui
 // SetCursor implements storage.ChatState.
 func (s *ChatStore) SetCursor(ctx context.Context, app, user, device, conv string, seq uint64) (uint64, error) {
 	var prev uint64
-	err := s.c.do(ctx, func(txn *badger.Txn) ([]writeOp, error) {
+	err := s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
 		k := cursorKey(app, user, device, conv)
 		var err error
-		if prev, err = getU64Key(txn, k); err != nil {
+		if prev, err = w.getU64(k); err != nil {
 			return nil, err
 		}
 		if seq <= prev {

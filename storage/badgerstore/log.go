@@ -82,21 +82,21 @@ func (s *ChatStore) AppendAsync(ctx context.Context, app string, b storage.Appen
 // appendReq validates b and returns the committer functions that append
 // it: prepare checks that each conversation continues at its head and
 // produces the writes; after publishes the new durable marks.
-func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*badger.Txn) ([]writeOp, error), func(), error) {
+func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*wtxn) ([]writeOp, error), func(), error) {
 	for _, e := range b.Entries {
 		if e.Seq == 0 || len(e.Sender) > 255 {
 			return nil, nil, fmt.Errorf("append %s: seq must be positive and sender at most 255 bytes", e.Conv)
 		}
 	}
 	heads := map[string]uint64{} // new head per conversation
-	prepare := func(txn *badger.Txn) ([]writeOp, error) {
+	prepare := func(w *wtxn) ([]writeOp, error) {
 		clear(heads)
 		ws := make([]writeOp, 0, 2*len(b.Entries)+len(b.Dedupe)+len(b.Reads))
 		for _, e := range b.Entries {
 			head, seen := heads[e.Conv]
 			if !seen {
 				var err error
-				if head, err = getU64Key(txn, headKey(app, e.Conv)); err != nil {
+				if head, err = w.getU64(headKey(app, e.Conv)); err != nil {
 					return nil, err
 				}
 			}
@@ -115,7 +115,7 @@ func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*badger.T
 		}
 		for _, rm := range b.Reads {
 			var rec memberRec
-			err := getJSON(txn, memberKey(app, rm.Conv, rm.User), &rec)
+			err := w.getJSON(memberKey(app, rm.Conv, rm.User), &rec)
 			if errors.Is(err, storage.ErrNotFound) {
 				continue // a service or a member who just left: nothing to mark
 			}
@@ -292,7 +292,7 @@ func (s *ChatStore) Trim(ctx context.Context, app, conv string, olderThan int64,
 	for len(doomed) > 0 {
 		chunk := doomed[:min(trimChunk, len(doomed))]
 		doomed = doomed[len(chunk):]
-		err := s.c.do(ctx, func(*badger.Txn) ([]writeOp, error) {
+		err := s.c.do(ctx, func(*wtxn) ([]writeOp, error) {
 			ws := make([]writeOp, len(chunk))
 			for i, k := range chunk {
 				ws[i] = writeOp{key: k, del: true}

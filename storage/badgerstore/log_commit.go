@@ -48,6 +48,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"encoding/json"
+
 	badger "github.com/dgraph-io/badger/v4"
 
 	"github.com/warblerim/warbler/storage"
@@ -67,10 +69,10 @@ func (w writeOp) size() int { return len(w.key) + len(w.val) + 64 }
 
 // commitReq is one caller's atomic unit of work.
 type commitReq struct {
-	// prepare reads what it needs through txn (which sees the writes of
+	// prepare reads what it needs through w (which sees the writes of
 	// requests earlier in the same batch) and returns the writes to make.
 	// An error fails this request only. It may run more than once.
-	prepare func(txn *badger.Txn) ([]writeOp, error)
+	prepare func(w *wtxn) ([]writeOp, error)
 	// after runs in the committer once the writes are durable, before the
 	// caller is released.
 	after func()
@@ -109,6 +111,9 @@ type committer struct {
 
 	syncedWAL map[int]bool // immutable memtable WALs already fsynced
 
+	// The read cache (see wtxn); used by the committer goroutine only.
+	cache, overlay map[string]cval
+
 	// failed is set for good when a sync fails. After a failed fsync the
 	// state of the files is unknown (the kernel may have dropped the dirty
 	// pages), so the store refuses every later write rather than build on
@@ -135,7 +140,7 @@ func newCommitter(db *badger.DB, maxBatch, maxBytes int) *committer {
 // do submits one request and waits until it is durable or failed. Once
 // queued, a request is always carried out, whatever ctx says: the caller
 // waits for the outcome rather than leave a write of unknown fate.
-func (c *committer) do(ctx context.Context, prepare func(*badger.Txn) ([]writeOp, error), after func()) error {
+func (c *committer) do(ctx context.Context, prepare func(*wtxn) ([]writeOp, error), after func()) error {
 	r := &commitReq{prepare: prepare, after: after, done: make(chan struct{})}
 	if err := c.enqueue(ctx, r); err != nil {
 		return err
@@ -147,7 +152,7 @@ func (c *committer) do(ctx context.Context, prepare func(*badger.Txn) ([]writeOp
 // submit queues one request without waiting: cb is called with its outcome
 // on the committer goroutine, after those of every request queued before
 // it. If submit returns an error, nothing was queued and cb is not called.
-func (c *committer) submit(ctx context.Context, prepare func(*badger.Txn) ([]writeOp, error), after func(), cb func(error)) error {
+func (c *committer) submit(ctx context.Context, prepare func(*wtxn) ([]writeOp, error), after func(), cb func(error)) error {
 	return c.enqueue(ctx, &commitReq{prepare: prepare, after: after, cb: cb})
 }
 
@@ -228,17 +233,17 @@ func (c *committer) process(batch []*commitReq) {
 		return
 	}
 	var (
-		txn       = c.db.NewTransaction(true)
+		w         = c.begin()
 		inTxn     []*commitReq
 		bytes     int
 		committed []*commitReq
 	)
 	commit := func() {
 		if len(inTxn) == 0 {
-			txn.Discard()
+			w.discard()
 			return
 		}
-		err := txn.Commit()
+		err := w.commit()
 		c.txns.Add(1)
 		if err != nil {
 			err = mapCommitErr(err)
@@ -251,38 +256,38 @@ func (c *committer) process(batch []*commitReq) {
 		inTxn, bytes = nil, 0
 	}
 	for _, r := range batch {
-		ws, err := r.prepare(txn)
+		ws, err := r.prepare(w)
 		if err != nil {
 			r.err = err
 			continue
 		}
 		sz := 0
-		for _, w := range ws {
-			sz += w.size()
+		for _, op := range ws {
+			sz += op.size()
 		}
 		if bytes+sz > c.maxBytes && len(inTxn) > 0 {
 			commit()
-			txn = c.db.NewTransaction(true)
+			w = c.begin()
 			// Reads must be redone against the state that now includes
 			// the commit above.
-			if ws, err = r.prepare(txn); err != nil {
+			if ws, err = r.prepare(w); err != nil {
 				r.err = err
 				continue
 			}
 		}
-		if err := applyWrites(txn, ws); err != nil {
+		if err := w.apply(ws); err != nil {
 			// The transaction may now hold part of r's writes: throw it
 			// away with everything in it. This only happens for a single
 			// request larger than Badger's transaction limit or a write
 			// error, both of which fail loudly.
-			txn.Discard()
+			w.discard()
 			err = fmt.Errorf("chat store write: %w", err)
 			r.err = err
 			for _, o := range inTxn {
 				o.err = err
 			}
 			inTxn, bytes = nil, 0
-			txn = c.db.NewTransaction(true)
+			w = c.begin()
 			continue
 		}
 		inTxn = append(inTxn, r)
@@ -310,23 +315,150 @@ func (c *committer) process(batch []*commitReq) {
 	}
 }
 
-func applyWrites(txn *badger.Txn, ws []writeOp) error {
-	for _, w := range ws {
+// The committer's read cache. Appends read the conversation's head and
+// the author's member record (for the read mark) on every message; as the
+// only writer of these keys, the committer can answer those reads from
+// memory. It keeps the committed value of each key it has read or written
+// (bounded; arbitrary entries are dropped when full), and each open
+// transaction keeps its own writes on top (the overlay), which reach the
+// cache only if the transaction commits. Keys written with a TTL are never
+// cached: their expiry is Badger's to apply.
+
+// cacheMax bounds the committer's read cache, in keys.
+const cacheMax = 1 << 16
+
+type cval struct {
+	val   []byte
+	found bool
+	ttl   bool // written with a TTL: drop from the cache on commit
+}
+
+// wtxn is the committer's open transaction as prepare sees it.
+type wtxn struct {
+	c       *committer
+	txn     *badger.Txn
+	overlay map[string]cval
+}
+
+func (c *committer) begin() *wtxn {
+	if c.overlay == nil {
+		c.overlay = map[string]cval{}
+		c.cache = map[string]cval{}
+	}
+	clear(c.overlay)
+	return &wtxn{c: c, txn: c.db.NewTransaction(true), overlay: c.overlay}
+}
+
+// get returns the value of key as this transaction sees it.
+func (w *wtxn) get(key []byte) ([]byte, bool, error) {
+	if v, ok := w.overlay[string(key)]; ok && !v.ttl {
+		return v.val, v.found, nil
+	} else if !ok {
+		if v, ok := w.c.cache[string(key)]; ok {
+			return v.val, v.found, nil
+		}
+	}
+	it, err := w.txn.Get(key)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		w.c.remember(key, cval{})
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	val, err := it.ValueCopy(nil)
+	if err != nil {
+		return nil, false, err
+	}
+	if it.ExpiresAt() == 0 {
+		w.c.remember(key, cval{val: val, found: true})
+	}
+	return val, true, nil
+}
+
+// remember caches a committed value read outside the overlay.
+func (c *committer) remember(key []byte, v cval) {
+	if _, ok := c.overlay[string(key)]; ok {
+		return
+	}
+	c.trimCache()
+	c.cache[string(key)] = v
+}
+
+func (c *committer) trimCache() {
+	for k := range c.cache {
+		if len(c.cache) < cacheMax {
+			return
+		}
+		delete(c.cache, k)
+	}
+}
+
+// getJSON reads key into v; storage.ErrNotFound if absent.
+func (w *wtxn) getJSON(key []byte, v any) error {
+	b, ok, err := w.get(key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return storage.ErrNotFound
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("corrupt record %q: %w", key, err)
+	}
+	return nil
+}
+
+// getU64 reads an 8-byte value; 0 if absent.
+func (w *wtxn) getU64(key []byte) (uint64, error) {
+	b, ok, err := w.get(key)
+	if err != nil || !ok {
+		return 0, err
+	}
+	return getU64(b), nil
+}
+
+func (w *wtxn) apply(ws []writeOp) error {
+	for _, op := range ws {
 		var err error
-		if w.del {
-			err = txn.Delete(w.key)
+		if op.del {
+			err = w.txn.Delete(op.key)
 		} else {
-			e := badger.NewEntry(w.key, w.val)
-			if w.ttl > 0 {
-				e = e.WithTTL(w.ttl)
+			e := badger.NewEntry(op.key, op.val)
+			if op.ttl > 0 {
+				e = e.WithTTL(op.ttl)
 			}
-			err = txn.SetEntry(e)
+			err = w.txn.SetEntry(e)
 		}
 		if err != nil {
 			return err
 		}
+		w.overlay[string(op.key)] = cval{val: op.val, found: !op.del, ttl: op.ttl > 0}
 	}
 	return nil
+}
+
+// commit commits the transaction and moves its writes into the cache.
+func (w *wtxn) commit() error {
+	if err := w.txn.Commit(); err != nil {
+		clear(w.overlay)
+		return err
+	}
+	for k, v := range w.overlay {
+		if v.ttl {
+			delete(w.c.cache, k)
+			continue
+		}
+		w.c.trimCache()
+		w.c.cache[k] = v
+	}
+	clear(w.overlay)
+	return nil
+}
+
+func (w *wtxn) discard() {
+	w.txn.Discard()
+	clear(w.overlay)
 }
 
 func mapCommitErr(err error) error {
