@@ -146,15 +146,16 @@ type Warbler struct {
 // StartWarbler runs "bin serve" with its data in dir, on loopback ports.
 //
 // The per-user send quota (20 msg/s by default, a limit for people, not for
-// load generators) is turned off with a configuration file; everything else
-// runs with the defaults, durability included.
+// load generators) is turned off and the group size limit (1000) raised
+// with a configuration file; everything else runs with the defaults,
+// durability included.
 //
 // A non-empty conf names a configuration file to use instead; it should
 // turn the quota off too.
 func StartWarbler(ctx context.Context, bin, dir, conf string) (*Warbler, error) {
 	if conf == "" {
 		conf = filepath.Join(dir, "warbler.yaml")
-		if err := os.WriteFile(conf, []byte("chat:\n  send_rate: -1\n"), 0o600); err != nil {
+		if err := os.WriteFile(conf, []byte("chat:\n  send_rate: -1\n  max_group_size: 100000\n"), 0o600); err != nil {
 			return nil, err
 		}
 	}
