@@ -109,6 +109,20 @@ func (s *Server) wireChat() error {
 			func() float64 { return float64(svc.Stats().Duplicates) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_quota_denied_total", Help: "Sends refused by the per-user quota."},
 			func() float64 { return float64(svc.Stats().QuotaDenied) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_live_dropped_total", Help: "Live chat deliveries dropped at a full client queue (the device catches up by sync)."},
+			func() float64 { return float64(hook.Stats().Dropped) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_sync_hints_total", Help: "Sync hints sent to devices that lost a live delivery."},
+			func() float64 { return float64(hook.Stats().Hints) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_requests_failed_total", Help: "Uplink publishes answered with an error."},
+			func() float64 { return float64(hook.Stats().Failed) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_backpressure_waits_total", Help: "Times a connection reached its limit of pending sends and was made to wait."},
+			func() float64 { return float64(hook.Stats().Waits) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_chat_panics_total", Help: "Recovered panics in the chat hook (each one a bug)."},
+			func() float64 { return float64(hook.Stats().Panics) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_store_group_commits_total", Help: "Durable group commits (one sync each) of the message log."},
+			func() float64 { return float64(store.Stats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_store_commit_requests_total", Help: "Requests written by the group committer."},
+			func() float64 { return float64(store.Stats().Requests) }),
 	)
 	return nil
 }
