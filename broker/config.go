@@ -26,6 +26,9 @@ type Config struct {
 	Chat ChatConfig `yaml:"chat"`
 	TLS  TLSConfig  `yaml:"tls"`
 	Log  LogConfig  `yaml:"log"`
+	// Limits are the per-client, per-address and per-app limits, bans and
+	// flapping detection (see LimitsConfig in limits.go).
+	Limits LimitsConfig `yaml:"limits"`
 }
 
 // MQTTConfig configures the MQTT listeners and the limits of the embedded
@@ -189,9 +192,10 @@ func Default() Config {
 				{Pattern: "w/{app}/iot/public/#", Access: "readwrite"},
 			}},
 		},
-		HTTP: HTTPConfig{Addr: ":8080"},
-		Chat: ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
-		Log:  LogConfig{Level: "info"},
+		HTTP:   HTTPConfig{Addr: ":8080"},
+		Chat:   ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
+		Log:    LogConfig{Level: "info"},
+		Limits: DefaultLimits(),
 	}
 }
 
@@ -284,6 +288,9 @@ func (c *Config) Validate() error {
 	}
 	if c.HTTP.TLS && !c.TLS.Enabled() {
 		return errors.New("config: http.tls needs tls.cert_file and tls.key_file")
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return err
 	}
 	switch strings.ToLower(c.Log.Level) {
 	case "", "debug", "info", "warn", "warning", "error":

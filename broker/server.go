@@ -77,6 +77,7 @@ type Server struct {
 	auth       *hooks.Auth
 	acl        *hooks.ACL
 	chat       *chat.Service
+	limits     *hooks.Limits
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -156,6 +157,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	if err := s.wireIdentity(); err != nil {
 		return nil, err
 	}
+	if err := s.wireLimits(); err != nil {
+		return nil, err
+	}
 	if err := s.wireChat(); err != nil {
 		return nil, err
 	}
@@ -163,6 +167,7 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	s.routes()
+	s.limitListeners()
 	return s, nil
 }
 

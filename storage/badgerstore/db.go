@@ -7,6 +7,7 @@
 //
 //	i/   identity: apps, users, devices, credentials, keys, tokens
 //	c/   chat: conversations, members, cursors, dedupe entries
+//	l/   limits: bans of client IDs, users and addresses
 //	m/   chat: the per-conversation message log
 //	p/   push bridge: queue and ledger
 //	q/   broker: retained messages and persistent MQTT sessions
