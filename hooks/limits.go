@@ -21,6 +21,8 @@ package hooks
 //	           connected successfully more than Flapping.MaxConnects times,
 //	           is banned for Flapping.BanFor; an app at its MaxConnections
 //	           quota gets 0x97 "quota exceeded" (MQTT 3: 0x03).
+//	any packet (OnPacketRead) more than MaxUserProperties MQTT 5 user
+//	           properties end the connection (DISCONNECT or CONNACK 0x83).
 //	PUBLISH    (OnPacketRead) a topic with a wildcard, NUL, bad UTF-8, too
 //	           many levels or bytes, "$SYS", or empty without an alias
 //	           ends the connection with DISCONNECT 0x90 "topic name
@@ -103,6 +105,9 @@ type LimitsPolicy struct {
 	MaxTopicLevels int
 	// MaxPayload caps a message's payload in bytes.
 	MaxPayload int
+	// MaxUserProperties caps the MQTT 5 user properties of any packet
+	// (the broker copies them to every subscriber).
+	MaxUserProperties int
 	// Apps override the client limits above for the clients of one app.
 	Apps map[string]AppPolicy
 
@@ -168,6 +173,7 @@ const (
 	reasonPublishBytes
 	reasonRateDisconnect
 	reasonSubscriptions
+	reasonUserProperties
 	numReasons
 )
 
@@ -190,6 +196,7 @@ var reasonNames = [numReasons]string{
 	reasonPublishBytes:   "publish_bytes",
 	reasonRateDisconnect: "rate_disconnect",
 	reasonSubscriptions:  "subscriptions",
+	reasonUserProperties: "user_properties",
 }
 
 func (r reason) String() string { return reasonNames[r] }
@@ -202,7 +209,7 @@ type Limits struct {
 	store   storage.BanStore
 	reg     *Principals
 	quotas  func(string) (storage.AppQuotas, bool)
-	clock   Clock
+	clk     atomic.Value // clockBox
 	log     *slog.Logger
 	bans    *banSet
 	adm     admission
@@ -250,10 +257,8 @@ func NewLimits(o LimitsOptions) (*Limits, error) {
 		return nil, errors.New("hooks: LimitsOptions.Bans is required")
 	}
 	l := &Limits{policy: o.Policy, server: o.Server, store: o.Bans, reg: o.Principals, quotas: o.Quotas,
-		clock: o.Clock, log: o.Logger, bans: newBanSet(), stop: make(chan struct{})}
-	if l.clock == nil {
-		l.clock = systemClock{}
-	}
+		log: o.Logger, bans: newBanSet(), stop: make(chan struct{})}
+	l.SetClock(o.Clock)
 	if l.log == nil {
 		l.log = slog.Default()
 	}
@@ -265,8 +270,8 @@ func NewLimits(o LimitsOptions) (*Limits, error) {
 	}
 	l.flap = newFlapping(l.policy.Flapping.Window)
 	l.adm.ips = map[ipKey]*ipState{}
-	l.adm.global = newBucket(l.policy.ConnectRate, l.clock.Now())
-	n, err := l.bans.load(context.Background(), l.store, l.clock.Now())
+	l.adm.global = newBucket(l.policy.ConnectRate, l.now())
+	n, err := l.bans.load(context.Background(), l.store, l.now())
 	if err != nil {
 		return nil, err
 	}
@@ -277,6 +282,19 @@ func NewLimits(o LimitsOptions) (*Limits, error) {
 	go l.sweepLoop(time.Minute)
 	return l, nil
 }
+
+type clockBox struct{ c Clock }
+
+// SetClock replaces the clock (nil: the system clock). Tests use it to
+// jump across windows and ban lifetimes; it is safe at any time.
+func (l *Limits) SetClock(c Clock) {
+	if c == nil {
+		c = systemClock{}
+	}
+	l.clk.Store(clockBox{c})
+}
+
+func (l *Limits) now() time.Time { return l.clk.Load().(clockBox).c.Now() }
 
 // ID implements mqtt.Hook.
 func (l *Limits) ID() string { return "warbler-limits" }
@@ -313,7 +331,7 @@ func (l *Limits) count(r reason) { l.limited[r].Add(1) }
 // note counts a refusal and logs it, at most once a second per reason.
 func (l *Limits) note(r reason, attrs ...any) {
 	l.count(r)
-	now := l.clock.Now()
+	now := l.now()
 	l.logMu.Lock()
 	st := &l.logged[r]
 	if !st.last.IsZero() && now.Sub(st.last) < time.Second {
@@ -343,7 +361,7 @@ func (l *Limits) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.Net.Inline {
 		return nil
 	}
-	now := l.clock.Now()
+	now := l.now()
 	addr, hasAddr := parseRemote(cl.Net.Remote)
 	if hasAddr {
 		if b, ok := l.bans.ip(addr, now); ok {
@@ -357,7 +375,7 @@ func (l *Limits) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 				if addr.Is6() {
 					value = netip.PrefixFrom(addr, 64).Masked().String()
 				}
-				l.autoBan(storage.BanIP, value, fmt.Sprintf("flapping: %d CONNECTs from the address within %v", c, l.policy.Flapping.Window))
+				l.autoBan(storage.BanIP, value, fmt.Sprintf("flapping: %d CONNECTs from the address within %v", c, l.policy.Flapping.Window), cl.Net.Remote)
 				return l.refuseConnect(cl, reasonFlapping, packets.ErrBanned, "address", addr.String())
 			}
 		}
@@ -379,7 +397,7 @@ func (l *Limits) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if n := l.policy.Flapping.MaxConnects; n > 0 {
 		if c := l.flap.count("c/"+cl.ID, now); c >= n {
 			l.flap.reset("c/" + cl.ID)
-			l.autoBan(storage.BanClientID, cl.ID, fmt.Sprintf("flapping: %d connects within %v", c+1, l.policy.Flapping.Window))
+			l.autoBan(storage.BanClientID, cl.ID, fmt.Sprintf("flapping: %d connects within %v", c+1, l.policy.Flapping.Window), cl.Net.Remote)
 			return l.refuseConnect(cl, reasonFlapping, packets.ErrBanned)
 		}
 	}
@@ -440,7 +458,7 @@ func (l *Limits) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if cl.Net.Inline {
 		return
 	}
-	now := l.clock.Now()
+	now := l.now()
 	p := l.policy
 	cs := &clientLimits{app: l.appOf(cl), rate: p.PublishRate, brate: p.PublishBytes,
 		maxPayload: p.MaxPayload, maxSubs: p.MaxSubscriptions}
@@ -487,7 +505,26 @@ func (l *Limits) AppConnections(app string) int64 { return l.app(app).conns.Load
 // OnPacketRead implements mqtt.Hook: it refuses PUBLISH topics that the
 // broker would silently ignore or that break the topic limits.
 func (l *Limits) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline {
+	if cl.Net.Inline {
+		return pk, nil
+	}
+	if n := l.policy.MaxUserProperties; n > 0 && len(pk.Properties.User)+len(pk.Connect.WillProperties.User) > n {
+		l.note(reasonUserProperties, "client", cl.ID, "remote", cl.Net.Remote, "packet", pk.FixedHeader.Type)
+		code := packets.Code{Code: packets.ErrImplementationSpecificError.Code, Reason: fmt.Sprintf("more than %d user properties", n)}
+		if pk.FixedHeader.Type == packets.Connect {
+			connack(cl, pk.ProtocolVersion, code)
+			return pk, code
+		}
+		l.disconnect(cl, code)
+		return pk, code
+	}
+	if pk.FixedHeader.Type == packets.Connect && pk.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "" {
+		// MQTT 3.1.1 §3.1.3.1 wants 0x02 "identifier rejected"; the broker
+		// would answer 0x80, which is not an MQTT 3 code.
+		connack(cl, pk.ProtocolVersion, packets.Err3ClientIdentifierNotValid)
+		return pk, packets.ErrClientIdentifierNotValid
+	}
+	if pk.FixedHeader.Type != packets.Publish {
 		return pk, nil
 	}
 	r, why := l.checkTopic(pk.TopicName, true)
@@ -500,6 +537,16 @@ func (l *Limits) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	l.note(r, "client", cl.ID, "remote", cl.Net.Remote, "why", why)
 	l.disconnect(cl, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: "topic name invalid: " + why})
 	return pk, packets.ErrTopicNameInvalid
+}
+
+// connack refuses a CONNECT read with protocol version v with code.
+func connack(cl *mqtt.Client, v byte, code packets.Code) {
+	cl.Properties.ProtocolVersion = v // not parsed from the CONNECT yet
+	ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connack}, ReasonCode: code.Code}
+	if v == 5 {
+		ack.Properties.ReasonString = code.Reason
+	}
+	_ = cl.WritePacket(ack)
 }
 
 // checkTopic checks a topic name (publish) or filter against the
@@ -549,7 +596,7 @@ func (l *Limits) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 		return pk, nil
 	}
 	cs := v.(*clientLimits)
-	now := l.clock.Now()
+	now := l.now()
 	size := len(pk.Payload)
 	if cs.maxPayload > 0 && size > cs.maxPayload {
 		return l.refusePublish(cl, pk, cs, reasonPayloadSize, fmt.Sprintf("payload of %d bytes exceeds the limit of %d", size, cs.maxPayload))
@@ -668,11 +715,17 @@ func (l *Limits) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) 
 // Ban sets (or replaces) a ban after checking it with NormalizeBan, stores
 // it, and disconnects the clients it covers. b.By defaults to "admin".
 func (l *Limits) Ban(ctx context.Context, b storage.Ban) (storage.Ban, error) {
+	return l.ban(ctx, b, "")
+}
+
+// ban is Ban, leaving alone the socket with remote address except (the one
+// being refused, which gets its CONNACK).
+func (l *Limits) ban(ctx context.Context, b storage.Ban, except string) (storage.Ban, error) {
 	b, err := NormalizeBan(b)
 	if err != nil {
 		return b, err
 	}
-	now := l.clock.Now()
+	now := l.now()
 	if !b.ExpiresAt.IsZero() && !b.ExpiresAt.After(now) {
 		return b, invalidBan("expires_at is not in the future")
 	}
@@ -685,15 +738,15 @@ func (l *Limits) Ban(ctx context.Context, b storage.Ban) (storage.Ban, error) {
 	}
 	l.bans.put(b)
 	l.log.Info("ban set", "kind", b.Kind, "value", b.Value, "by", b.By, "reason", b.Reason, "expires_at", b.ExpiresAt)
-	l.enforce(b)
+	l.enforce(b, except)
 	return b, nil
 }
 
 // autoBan sets a temporary ban from flapping detection.
-func (l *Limits) autoBan(kind, value, why string) {
+func (l *Limits) autoBan(kind, value, why, except string) {
 	b := storage.Ban{Kind: kind, Value: value, Reason: why, By: "flapping",
-		ExpiresAt: l.clock.Now().Add(l.policy.Flapping.BanFor).UTC()}
-	if _, err := l.Ban(context.Background(), b); err != nil {
+		ExpiresAt: l.now().Add(l.policy.Flapping.BanFor).UTC()}
+	if _, err := l.ban(context.Background(), b, except); err != nil {
 		l.log.Error("flapping ban not stored", "kind", kind, "value", value, "error", err)
 		l.bans.put(b) // enforce it in this process anyway
 	}
@@ -714,7 +767,7 @@ func (l *Limits) Unban(ctx context.Context, kind, value string) error {
 }
 
 // Bans returns the bans in force, sorted by kind and value.
-func (l *Limits) Bans() []storage.Ban { return l.bans.all(l.clock.Now()) }
+func (l *Limits) Bans() []storage.Ban { return l.bans.all(l.now()) }
 
 // BanCounts returns the number of bans in force by kind.
 func (l *Limits) BanCounts() map[string]int {
@@ -730,7 +783,7 @@ func (l *Limits) BanCounts() map[string]int {
 // sockets that have not connected yet. Writes happen in the background, cut
 // short after a second, so a client that does not read cannot stall the
 // caller.
-func (l *Limits) enforce(b storage.Ban) {
+func (l *Limits) enforce(b storage.Ban, except string) {
 	var match func(netip.Addr) bool
 	if b.Kind == storage.BanIP {
 		if strings.Contains(b.Value, "/") {
@@ -741,11 +794,13 @@ func (l *Limits) enforce(b storage.Ban) {
 			match = func(x netip.Addr) bool { return x == a }
 		}
 	}
+	clients := map[string]bool{except: true} // sockets not to close: connected clients, and except
 	if l.server != nil {
 		for _, cl := range l.server.Clients.GetAll() {
 			if cl.Net.Inline || cl.Net.Conn == nil || cl.Closed() {
 				continue
 			}
+			clients[cl.Net.Remote] = true
 			hit := false
 			switch b.Kind {
 			case storage.BanClientID:
@@ -769,7 +824,7 @@ func (l *Limits) enforce(b storage.Ban) {
 		}
 	}
 	if match != nil {
-		if n := l.closeSockets(match); n > 0 {
+		if n := l.closeSockets(func(t *connTicket) bool { return match(t.addr) && !clients[t.remote] }); n > 0 {
 			l.log.Info("ban: closed sockets", "value", b.Value, "count", n)
 		}
 	}
@@ -792,7 +847,7 @@ func (l *Limits) sweepLoop(period time.Duration) {
 
 // SweepBans removes the bans that have lapsed, from memory and the store.
 func (l *Limits) SweepBans() {
-	for _, b := range l.bans.expired(l.clock.Now()) {
+	for _, b := range l.bans.expired(l.now()) {
 		if err := l.store.DeleteBan(context.Background(), b.Kind, b.Value); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			l.log.Error("delete lapsed ban", "kind", b.Kind, "value", b.Value, "error", err)
 		}
@@ -807,7 +862,7 @@ func (l *Limits) BannedIP(remote string) bool {
 	if !ok {
 		return false
 	}
-	_, banned := l.bans.ip(a, l.clock.Now())
+	_, banned := l.bans.ip(a, l.now())
 	return banned
 }
 

@@ -36,6 +36,7 @@ type ipState struct {
 // connTicket is one admitted socket; release gives its place back.
 type connTicket struct {
 	l      *Limits
+	remote string
 	addr   netip.Addr
 	key    ipKey
 	exempt bool
@@ -63,7 +64,7 @@ func (t *connTicket) release() {
 // in order: a ban of the address, the global cap, and (unless the address is
 // exempt) the per-address cap and connection rate.
 func (l *Limits) admit(remote string, closer io.Closer) (*connTicket, reason) {
-	now := l.clock.Now()
+	now := l.now()
 	addr, ok := parseRemote(remote)
 	if ok {
 		if b, banned := l.bans.ip(addr, now); banned {
@@ -72,7 +73,7 @@ func (l *Limits) admit(remote string, closer io.Closer) (*connTicket, reason) {
 		}
 	}
 	exempt := !ok || l.exempt(addr)
-	t := &connTicket{l: l, addr: addr, key: keyOf(addr), exempt: exempt, closer: closer}
+	t := &connTicket{l: l, remote: remote, addr: addr, key: keyOf(addr), exempt: exempt, closer: closer}
 	p := l.policy
 	a := &l.adm
 	a.mu.Lock()
@@ -132,7 +133,7 @@ func (l *Limits) pace(remote string, stop <-chan struct{}) {
 	}
 	for {
 		l.adm.mu.Lock()
-		ok, wait := l.adm.global.take(r, l.clock.Now(), 1)
+		ok, wait := l.adm.global.take(r, l.now(), 1)
 		l.adm.mu.Unlock()
 		if ok {
 			return
@@ -148,14 +149,14 @@ func (l *Limits) pace(remote string, stop <-chan struct{}) {
 	}
 }
 
-// closeSockets closes the open sockets (connected or not) whose address
-// matches, and returns how many it closed.
-func (l *Limits) closeSockets(match func(netip.Addr) bool) int {
+// closeSockets closes the open sockets that match, and returns how many
+// it closed.
+func (l *Limits) closeSockets(match func(*connTicket) bool) int {
 	var cs []io.Closer
 	l.adm.mu.Lock()
 	for _, st := range l.adm.ips {
 		for t := range st.open {
-			if t.closer != nil && match(t.addr) {
+			if t.closer != nil && match(t) {
 				cs = append(cs, t.closer)
 			}
 		}

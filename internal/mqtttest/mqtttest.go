@@ -195,3 +195,18 @@ func (c *Client) WaitDisconnected(t testing.TB) {
 		t.Fatalf("connection still open after %v", Timeout)
 	}
 }
+
+// DialTCPFrom opens a TCP connection to addr from the local address local
+// (for example "127.0.0.2": every 127.0.0.0/8 address reaches loopback on
+// Linux), so that a test can play clients at several addresses. It returns
+// the error instead of failing, because the server may refuse the socket.
+func DialTCPFrom(t testing.TB, local, addr string) (net.Conn, error) {
+	t.Helper()
+	d := net.Dialer{Timeout: Timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, nil
+}
