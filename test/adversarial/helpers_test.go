@@ -281,7 +281,9 @@ func mstr(s string) []byte {
 	return append([]byte{byte(len(s) >> 8), byte(len(s))}, s...)
 }
 
-func packet(first byte, body []byte) []byte { return append(append([]byte{first}, varint(len(body))...), body...) }
+func packet(first byte, body []byte) []byte {
+	return append(append([]byte{first}, varint(len(body))...), body...)
+}
 
 // connectPacket builds a CONNECT of protocol version v (4 or 5) with
 // username and password when set; props is the raw MQTT 5 property block

@@ -134,7 +134,7 @@ func TestCase05BadPublishTopics(t *testing.T) {
 		{"hash", iot("ctl", "#"), 0x90},
 		{"empty without alias", "", 0x90},
 		{"$SYS", "$SYS/broker/fake", 0x90},
-		{"NUL", iot("ctl", "a\x00b"), -1},       // the decoder refuses it first
+		{"NUL", iot("ctl", "a\x00b"), -1},             // the decoder refuses it first
 		{"invalid UTF-8", iot("ctl", "\xff\xfe"), -1}, // likewise
 	} {
 		t.Run(tc.name, func(t *testing.T) {
