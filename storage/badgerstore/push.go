@@ -33,7 +33,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
+	"sync"
 	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
@@ -66,9 +68,50 @@ type PushOptions struct {
 }
 
 // PushStore implements storage.PushStore. It needs no Close.
+//
+// Claiming scans a queue's index from a cursor, not from its start: a
+// claimed record leaves a tombstone in the index until compaction, and a
+// busy queue would otherwise wade through every tombstone of the
+// notifications it has sent on every claim. The cursor is a lower bound on
+// the Due of every queued record: a claim raises it to the Due it stopped
+// at, every write that queues a record lowers it to that record's Due
+// after the write commits, and a write that commits while a claim runs is
+// remembered so that the claim cannot raise the cursor past it.
 type PushStore struct {
 	db        *DB
 	retention time.Duration
+
+	mu      sync.Mutex
+	cursors map[storage.PushQueueID]*pushCursor
+}
+
+type pushCursor struct {
+	at       int64 // every queued record has Due (unix ms) >= at
+	claiming bool
+	lowWater int64 // the lowest Due queued while a claim ran
+}
+
+func (s *PushStore) cursor(q storage.PushQueueID) *pushCursor {
+	c := s.cursors[q]
+	if c == nil {
+		c = &pushCursor{}
+		s.cursors[q] = c
+	}
+	return c
+}
+
+// queued lowers the cursors for records just queued.
+func (s *PushStore) queued(recs []storage.PushRecord) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range recs {
+		c := s.cursor(storage.PushQueueID{App: recs[i].App, Provider: recs[i].Provider})
+		due := max(recs[i].Due.UnixMilli(), 0)
+		c.at = min(c.at, due)
+		if c.claiming {
+			c.lowWater = min(c.lowWater, due)
+		}
+	}
 }
 
 var _ storage.PushStore = (*PushStore)(nil)
@@ -78,7 +121,7 @@ func NewPushStore(db *DB, o PushOptions) *PushStore {
 	if o.Retention <= 0 {
 		o.Retention = 7 * 24 * time.Hour
 	}
-	return &PushStore{db: db, retention: o.Retention}
+	return &PushStore{db: db, retention: o.Retention, cursors: map[storage.PushQueueID]*pushCursor{}}
 }
 
 func pushKey(parts ...string) []byte { return []byte(strings.Join(parts, "/")) }
@@ -274,7 +317,9 @@ func (s *PushStore) EnqueuePush(ctx context.Context, recs []storage.PushRecord, 
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), pushEnqueueChunk)]
 		recs = recs[len(chunk):]
-		if err := s.update(ctx, false, func(txn *badger.Txn) error { return s.enqueue(txn, chunk, merge) }); err != nil {
+		err := s.update(ctx, false, func(txn *badger.Txn) error { return s.enqueue(txn, chunk, merge) })
+		s.queued(chunk) // a merge only ever moves Due earlier, to a Due already queued
+		if err != nil {
 			return err
 		}
 	}
@@ -339,22 +384,44 @@ func (s *PushStore) ClaimPush(ctx context.Context, q storage.PushQueueID, now ti
 	if limit <= 0 {
 		return nil, nil
 	}
+	s.mu.Lock()
+	c := s.cursor(q)
+	from := c.at
+	c.claiming, c.lowWater = true, math.MaxInt64
+	s.mu.Unlock()
+	bound := from
+	var err error
+	defer func() {
+		s.mu.Lock()
+		if err == nil {
+			c.at = max(bound, c.at)
+		}
+		c.at = min(c.at, c.lowWater) // lowWater: records queued meanwhile
+		c.claiming = false
+		s.mu.Unlock()
+	}()
 	var out []storage.PushRecord
-	err := s.update(ctx, false, func(txn *badger.Txn) error {
+	err = s.update(ctx, false, func(txn *badger.Txn) error {
 		out = out[:0]
+		bound = from
 		pfx := pushQueuePrefix(q)
 		var keys [][]byte
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
-		for it.Rewind(); it.Valid() && len(keys) < limit; it.Next() {
+		it.Seek(binary.BigEndian.AppendUint64(bytes.Clone(pfx), uint64(from)))
+		for ; it.Valid() && len(keys) < limit; it.Next() {
 			k := it.Item().KeyCopy(nil)
 			if len(k) < len(pfx)+9 {
 				continue
 			}
 			due := int64(binary.BigEndian.Uint64(k[len(pfx):]))
+			bound = due
 			if due > now.UnixMilli() {
 				break
 			}
 			keys = append(keys, k)
+		}
+		if !it.Valid() && len(keys) < limit {
+			bound = max(bound, now.UnixMilli()) // nothing queued up to now
 		}
 		it.Close()
 		for _, k := range keys {
@@ -401,7 +468,7 @@ func (s *PushStore) ClaimPush(ctx context.Context, q storage.PushQueueID, now ti
 }
 
 func (s *PushStore) FinishPush(ctx context.Context, r storage.PushRecord) error {
-	return s.update(ctx, false, func(txn *badger.Txn) error {
+	err := s.update(ctx, false, func(txn *badger.Txn) error {
 		if err := txn.Delete(pushKey("p/f", r.App, r.Provider, r.ID)); err != nil {
 			return err
 		}
@@ -415,6 +482,10 @@ func (s *PushStore) FinishPush(ctx context.Context, r storage.PushRecord) error 
 		}
 		return txn.Set(pushQueueKey(r.App, r.Provider, r.Due, r.ID), nil)
 	})
+	if !r.Terminal() {
+		s.queued([]storage.PushRecord{r})
+	}
+	return err
 }
 
 func (s *PushStore) RecoverPush(ctx context.Context, now time.Time) (int, error) {
@@ -464,6 +535,14 @@ func (s *PushStore) RecoverPush(ctx context.Context, now time.Time) (int, error)
 			}
 			return nil
 		})
+		s.mu.Lock()
+		for _, c := range s.cursors {
+			c.at = min(c.at, now.UnixMilli())
+			if c.claiming {
+				c.lowWater = min(c.lowWater, now.UnixMilli())
+			}
+		}
+		s.mu.Unlock()
 		if err != nil {
 			return n, err
 		}
@@ -507,9 +586,12 @@ func (s *PushStore) NextPushDue(ctx context.Context, q storage.PushQueueID) (tim
 	var ok bool
 	err := s.view(func(txn *badger.Txn) error {
 		pfx := pushQueuePrefix(q)
+		s.mu.Lock()
+		from := s.cursor(q).at
+		s.mu.Unlock()
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
 		defer it.Close()
-		it.Rewind()
+		it.Seek(binary.BigEndian.AppendUint64(bytes.Clone(pfx), uint64(from)))
 		if it.Valid() && len(it.Item().Key()) >= len(pfx)+8 {
 			due, ok = time.UnixMilli(int64(binary.BigEndian.Uint64(it.Item().Key()[len(pfx):]))), true
 		}
