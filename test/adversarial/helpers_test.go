@@ -24,6 +24,7 @@ import (
 	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/protocol"
+	"github.com/warblerim/warbler/storage"
 )
 
 // The control clients and the well-behaved clients of every test connect
@@ -440,3 +441,7 @@ func connackCode(t testing.TB, c *rawConn, connect []byte) int {
 	}
 	return int(body[1])
 }
+
+func dial(t testing.TB, s *broker.Server) net.Conn { return mqtttest.DialTCP(t, s.Addrs().MQTT) }
+
+func quotaPatch(q *storage.AppQuotas) identity.AppPatch { return identity.AppPatch{Quotas: q} }
