@@ -221,6 +221,20 @@ func TestAPNs403PausesQueue(t *testing.T) {
 		r, ok := m[e.recOf(ids, "apns").ID]
 		return ok && r.State == storage.PushQueued
 	})
+	// The queue stops at once, in memory, and then records why; a record
+	// that another worker hands back meanwhile can be back in the queue
+	// before that. The record that met the 403 is handed back after it:
+	// wait for both.
+	paused := []string{e.recOf(ids, "apns").ID, e.recOf(ids2, "apns").ID}
+	e.led.wait(t, wait, "both APNs records back in the queue, no attempt counted", func(map[string]storage.PushRecord) bool {
+		for _, id := range paused {
+			r, _ := e.store.GetPush(context.Background(), app, id)
+			if r.State != storage.PushQueued || r.Attempts != 0 {
+				return false
+			}
+		}
+		return true
+	})
 	info, err := e.b.CredentialInfo(context.Background(), app, "apns")
 	if err != nil || info.Paused != "ExpiredProviderToken" {
 		r, _ := e.store.GetPush(context.Background(), app, e.recOf(ids, "apns").ID)
@@ -235,16 +249,6 @@ func TestAPNs403PausesQueue(t *testing.T) {
 	if nReq < 1 || nReq > 2 {
 		t.Fatalf("%d APNs requests while paused", nReq)
 	}
-	paused := []string{e.recOf(ids, "apns").ID, e.recOf(ids2, "apns").ID}
-	e.led.wait(t, wait, "both APNs records back in the queue, no attempt counted", func(map[string]storage.PushRecord) bool {
-		for _, id := range paused {
-			r, _ := e.store.GetPush(context.Background(), app, id)
-			if r.State != storage.PushQueued || r.Attempts != 0 {
-				return false
-			}
-		}
-		return true
-	})
 	// The operator uploads a fixed key: the queue resumes and drains.
 	refuse.Store(false)
 	if _, err := e.b.SetCredentials(context.Background(), app, e.apnsCreds()); err != nil {
