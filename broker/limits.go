@@ -29,9 +29,10 @@ import (
 type LimitsConfig struct {
 	// MaxConnections caps open MQTT sockets (TCP, TLS and WebSocket),
 	// counted from accept, so sockets that have not sent CONNECT count.
-	// 0 (the default) derives it from the process's open-file limit,
-	// keeping a tenth (at least 256) of the descriptors for the store and
-	// the HTTP API; -1 means no cap. mqtt.max_connections, if set, caps
+	// -1 derives it from the process's open-file limit, keeping a tenth
+	// (at least 256) of the descriptors for the store and the HTTP API, so
+	// that a flood is refused by the cap rather than by EMFILE elsewhere;
+	// 0 (the default) means no cap. mqtt.max_connections, if set, caps
 	// authenticated clients as well.
 	MaxConnections int `yaml:"max_connections"`
 	// MaxConnectionsPerIP caps open MQTT sockets per address (1000; IPv6
@@ -58,6 +59,11 @@ type LimitsConfig struct {
 	PublishBurst      int     `yaml:"publish_burst"`
 	PublishBytesRate  float64 `yaml:"publish_bytes_rate"`
 	PublishBytesBurst int     `yaml:"publish_bytes_burst"`
+	// PublishDelay is how long a publish over its client's rates may wait
+	// for them, the client's reads paused meanwhile, before it is refused
+	// (1s). A client that sends faster than its rate is thus slowed to it,
+	// like EMQX's limiter; 0 refuses at once.
+	PublishDelay Duration `yaml:"publish_delay"`
 	// DisconnectAfter is how many publishes in a row may be refused before
 	// the client is disconnected with 0x96 "message rate too high" (100).
 	DisconnectAfter int `yaml:"disconnect_after"`
@@ -69,6 +75,9 @@ type LimitsConfig struct {
 	// MaxPayload caps a message's payload in bytes (0: only
 	// mqtt.max_packet_size applies).
 	MaxPayload int `yaml:"max_payload"`
+	// MaxUserProperties caps the MQTT 5 user properties of any packet
+	// (64); the broker copies a message's to every subscriber.
+	MaxUserProperties int `yaml:"max_user_properties"`
 	// Apps override the client limits above for the clients of one app,
 	// by app ID. An app's connection cap and overall message rate are its
 	// quotas (max_connections, msgs_per_sec), set through the API.
@@ -121,9 +130,11 @@ func DefaultLimits() LimitsConfig {
 		Exempt:      []string{"127.0.0.0/8", "::1/128"},
 		PublishRate: 500, PublishBurst: 1000,
 		PublishBytesRate: 5 << 20, PublishBytesBurst: 10 << 20,
-		DisconnectAfter:  100,
-		MaxSubscriptions: 256,
-		MaxTopicLength:   1024,
+		PublishDelay:      Duration(time.Second),
+		DisconnectAfter:   100,
+		MaxSubscriptions:  256,
+		MaxTopicLength:    1024,
+		MaxUserProperties: 64,
 		Flapping: FlappingConfig{MaxConnects: 15, MaxConnectsPerIP: 300,
 			Window: Duration(time.Minute), Ban: Duration(5 * time.Minute)},
 		HTTP: HTTPLimitsConfig{RatePerIP: 100, BurstPerIP: 200, RatePerKey: 50, BurstPerKey: 100},
@@ -141,8 +152,11 @@ func (c *LimitsConfig) Validate() error {
 		}
 	}
 	if c.MaxConnections < -1 || c.MaxConnectionsPerIP < 0 || c.DisconnectAfter < 0 || c.MaxSubscriptions < 0 ||
-		c.MaxPayload < 0 || c.Flapping.MaxConnects < 0 || c.Flapping.MaxConnectsPerIP < 0 {
+		c.MaxPayload < 0 || c.MaxUserProperties < 0 || c.Flapping.MaxConnects < 0 || c.Flapping.MaxConnectsPerIP < 0 {
 		return errors.New("config: limits: counts must not be negative")
+	}
+	if c.PublishDelay.D() < 0 || c.PublishDelay.D() > time.Minute {
+		return errors.New("config: limits.publish_delay must be 0 to 1m")
 	}
 	if c.MaxTopicLength < 0 || c.MaxTopicLength > 65535 {
 		return fmt.Errorf("config: limits.max_topic_length %d must be 0 to 65535", c.MaxTopicLength)
@@ -208,20 +222,19 @@ func (c *LimitsConfig) policy(maxTopicLevels int) hooks.LimitsPolicy {
 		Exempt:              exempt,
 		PublishRate:         rate(c.PublishRate, c.PublishBurst),
 		PublishBytes:        rate(c.PublishBytesRate, c.PublishBytesBurst),
+		PublishDelay:        c.PublishDelay.D(),
 		DisconnectAfter:     c.DisconnectAfter,
 		MaxSubscriptions:    c.MaxSubscriptions,
 		MaxTopicLength:      c.MaxTopicLength,
 		MaxTopicLevels:      maxTopicLevels,
 		MaxPayload:          c.MaxPayload,
+		MaxUserProperties:   c.MaxUserProperties,
 		Apps:                map[string]hooks.AppPolicy{},
 		Flapping: hooks.FlappingPolicy{MaxConnects: c.Flapping.MaxConnects, MaxConnectsPerIP: c.Flapping.MaxConnectsPerIP,
 			Window: c.Flapping.Window.D(), BanFor: c.Flapping.Ban.D()},
 	}
-	switch {
-	case c.MaxConnections == 0:
+	if c.MaxConnections < 0 {
 		p.MaxConnections = fdBudget()
-	case c.MaxConnections < 0:
-		p.MaxConnections = 0
 	}
 	for app, a := range c.Apps {
 		p.Apps[app] = hooks.AppPolicy{MaxPayload: a.MaxPayload, MaxSubscriptions: a.MaxSubscriptions,

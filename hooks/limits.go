@@ -28,7 +28,11 @@ package hooks
 //	           ends the connection with DISCONNECT 0x90 "topic name
 //	           invalid": the broker would otherwise drop it without an ack.
 //	           (OnPublish) then the payload cap, the app's message quota,
-//	           and the client's message and byte rates. A refused QoS 0
+//	           and the client's message and byte rates. A client over its
+//	           rates is first slowed: the publish waits (up to
+//	           PublishDelay) for its tokens while the client's reads pause,
+//	           so a flood costs the server no more than the rate allows.
+//	           Past that wait the publish is refused. A refused QoS 0
 //	           message is dropped and counted; a refused MQTT 5 QoS 1 or 2
 //	           message gets PUBACK/PUBREC 0x97 "quota exceeded" with a
 //	           reason string naming the limit (0x96 "message rate too high"
@@ -95,6 +99,11 @@ type LimitsPolicy struct {
 	// payload bytes per second (burst: the bucket size).
 	PublishRate  Rate
 	PublishBytes Rate
+	// PublishDelay is how long a publish over its client's rates may be
+	// held back, pausing the client's reads, before it is refused instead.
+	// Slowing a client to its rate (as EMQX does) costs the server only
+	// what the rate allows, however fast the client sends.
+	PublishDelay time.Duration
 	// DisconnectAfter is how many publishes in a row may be refused
 	// before the client is disconnected with 0x96.
 	DisconnectAfter int
@@ -174,6 +183,7 @@ const (
 	reasonRateDisconnect
 	reasonSubscriptions
 	reasonUserProperties
+	reasonPublishDelayed
 	numReasons
 )
 
@@ -197,6 +207,7 @@ var reasonNames = [numReasons]string{
 	reasonRateDisconnect: "rate_disconnect",
 	reasonSubscriptions:  "subscriptions",
 	reasonUserProperties: "user_properties",
+	reasonPublishDelayed: "publish_delayed",
 }
 
 func (r reason) String() string { return reasonNames[r] }
@@ -210,6 +221,7 @@ type Limits struct {
 	reg     *Principals
 	quotas  func(string) (storage.AppQuotas, bool)
 	clk     atomic.Value // clockBox
+	sleep   func(time.Duration)
 	log     *slog.Logger
 	bans    *banSet
 	adm     admission
@@ -257,7 +269,7 @@ func NewLimits(o LimitsOptions) (*Limits, error) {
 		return nil, errors.New("hooks: LimitsOptions.Bans is required")
 	}
 	l := &Limits{policy: o.Policy, server: o.Server, store: o.Bans, reg: o.Principals, quotas: o.Quotas,
-		log: o.Logger, bans: newBanSet(), stop: make(chan struct{})}
+		log: o.Logger, bans: newBanSet(), stop: make(chan struct{}), sleep: time.Sleep}
 	l.SetClock(o.Clock)
 	if l.log == nil {
 		l.log = slog.Default()
@@ -616,11 +628,21 @@ func (l *Limits) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, 
 			}
 		}
 	}
-	if ok, _ := cs.msgs.take(cs.rate, now, 1); !ok {
+	delay := l.policy.PublishDelay
+	w1, ok := cs.msgs.reserve(cs.rate, now, 1, delay)
+	if !ok {
 		return l.refusePublish(cl, pk, cs, reasonPublishRate, "message rate too high")
 	}
-	if ok, _ := cs.bytes.take(cs.brate, now, float64(size)); !ok {
+	w2, ok := cs.bytes.reserve(cs.brate, now, float64(size), delay)
+	if !ok {
+		cs.msgs.refund(1)
 		return l.refusePublish(cl, pk, cs, reasonPublishBytes, "byte rate too high")
+	}
+	if w := max(w1, w2); w > 0 {
+		// Hold this client's read loop: what it sends meanwhile waits in
+		// its socket, so it is slowed to its rate at no cost to others.
+		l.count(reasonPublishDelayed)
+		l.sleep(w)
 	}
 	cs.refusedInRow = 0
 	return pk, nil

@@ -195,8 +195,9 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Refuse first (bans, caps, the address's rate), so that refused
+		// sockets cost no share of the server-wide rate; then pace.
 		remote := c.RemoteAddr().String()
-		ll.l.pace(remote, ll.stop)
 		lc := &limitedConn{Conn: c}
 		t, why := ll.l.admit(remote, lc)
 		if why != 0 {
@@ -204,6 +205,7 @@ func (ll *limitedListener) Accept() (net.Conn, error) {
 			continue
 		}
 		lc.t = t
+		ll.l.pace(remote, ll.stop)
 		return lc, nil
 	}
 }

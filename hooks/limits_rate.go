@@ -53,6 +53,37 @@ func (b *bucket) take(r Rate, now time.Time, n float64) (ok bool, wait time.Dura
 	return false, time.Duration(need / r.Per * float64(time.Second))
 }
 
+// reserve takes n tokens now if the bucket has them (wait 0), or, if they
+// will be there within maxWait, takes them on credit (the bucket goes
+// negative and refills from there) and says how long the caller must wait
+// before acting. If not even that, it takes nothing and returns ok false.
+// n greater than the burst is never granted.
+func (b *bucket) reserve(r Rate, now time.Time, n float64, maxWait time.Duration) (wait time.Duration, ok bool) {
+	if !r.On() {
+		return 0, true
+	}
+	if el := now.Sub(b.last); el > 0 {
+		b.tokens = min(r.Burst, b.tokens+el.Seconds()*r.Per)
+		b.last = now
+	}
+	if b.tokens >= n {
+		b.tokens -= n
+		return 0, true
+	}
+	if n > r.Burst {
+		return 0, false
+	}
+	wait = time.Duration((n - b.tokens) / r.Per * float64(time.Second))
+	if wait > maxWait {
+		return 0, false
+	}
+	b.tokens -= n
+	return wait, true
+}
+
+// refund gives back n tokens taken by reserve.
+func (b *bucket) refund(n float64) { b.tokens += n }
+
 // full reports whether the bucket would be full at now, i.e. forgetting it
 // loses nothing.
 func (b *bucket) full(r Rate, now time.Time) bool {

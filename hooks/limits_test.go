@@ -305,3 +305,32 @@ func TestCheckTopic(t *testing.T) {
 		}
 	}
 }
+
+func TestReserve(t *testing.T) {
+	c := newClock()
+	r := Rate{Per: 100, Burst: 2}
+	b := newBucket(r, c.Now())
+	for range 2 {
+		if w, ok := b.reserve(r, c.Now(), 1, time.Second); !ok || w != 0 {
+			t.Fatalf("within the burst: wait %v ok %v", w, ok)
+		}
+	}
+	// On credit: each further token is 10ms further out.
+	for i := 1; i <= 3; i++ {
+		w, ok := b.reserve(r, c.Now(), 1, time.Second)
+		if !ok || w != time.Duration(i)*10*time.Millisecond {
+			t.Fatalf("reservation %d: wait %v ok %v", i, w, ok)
+		}
+	}
+	// Past the allowed wait nothing is taken.
+	if _, ok := b.reserve(r, c.Now(), 1, 35*time.Millisecond); ok {
+		t.Fatal("a 40ms wait granted with 35ms allowed")
+	}
+	c.Add(40 * time.Millisecond) // the debt is repaid, and one token saved
+	if w, ok := b.reserve(r, c.Now(), 1, 0); !ok || w != 0 {
+		t.Fatalf("after repaying: wait %v ok %v", w, ok)
+	}
+	if _, ok := b.reserve(r, c.Now(), 3, time.Hour); ok {
+		t.Fatal("more than the burst granted")
+	}
+}

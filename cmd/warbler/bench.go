@@ -21,7 +21,7 @@ func runBench(env *cliEnv, args []string) error {
 	c := commands["bench"]
 	fs := newFlagSet(env, c)
 	targets := fs.String("target", "both", "`who` to measure: warbler, mosquitto or both")
-	scenarios := fs.String("scenario", "pairs,group,offline", "comma-separated `list` of pairs, group, offline")
+	scenarios := fs.String("scenario", "pairs,group,offline", "comma-separated `list` of pairs, group, offline, flood (pairs with and without one client flooding)")
 	pairs := fs.Int("pairs", 8, "1:1 pairs (pairs scenario)")
 	messages := fs.Int("messages", 2500, "messages per pair")
 	window := fs.Int("window", 16, "QoS 1 messages in flight per publisher")
@@ -100,6 +100,15 @@ func benchTarget(ctx context.Context, env *cliEnv, name, bin, conf string, fn fu
 
 func runScenarios(ctx context.Context, env *cliEnv, t bench.Target, scenarios string, po bench.PairsOptions, gop bench.GroupOptions, oo bench.OfflineOptions, asJSON bool) ([]bench.Result, error) {
 	var out []bench.Result
+	emit := func(r bench.Result) {
+		if asJSON {
+			b, _ := json.Marshal(r)
+			fmt.Fprintln(env.stdout, string(b))
+		} else {
+			fmt.Fprintln(env.stdout, r)
+		}
+		out = append(out, r)
+	}
 	for _, sc := range strings.Split(scenarios, ",") {
 		var r bench.Result
 		var err error
@@ -108,6 +117,12 @@ func runScenarios(ctx context.Context, env *cliEnv, t bench.Target, scenarios st
 			r, err = bench.Pairs(ctx, t, po)
 		case "group":
 			r, err = bench.Group(ctx, t, gop)
+		case "flood":
+			var rs []bench.Result
+			if rs, err = bench.Flood(ctx, t, bench.FloodOptions{Pairs: po}); err == nil {
+				emit(rs[0])
+				r = rs[1]
+			}
 		case "offline":
 			ot, ok := t.(interface{ Offline() bench.OfflineTarget })
 			if !ok {
@@ -120,13 +135,7 @@ func runScenarios(ctx context.Context, env *cliEnv, t bench.Target, scenarios st
 		if err != nil {
 			return nil, fmt.Errorf("%s on %s: %w", sc, t.Name(), err)
 		}
-		if asJSON {
-			b, _ := json.Marshal(r)
-			fmt.Fprintln(env.stdout, string(b))
-		} else {
-			fmt.Fprintln(env.stdout, r)
-		}
-		out = append(out, r)
+		emit(r)
 	}
 	return out, nil
 }

@@ -207,3 +207,44 @@ func TestSubscriptionCap(t *testing.T) {
 	}
 	ctl.check(t)
 }
+
+// A client publishing faster than its rate is slowed to it, not refused:
+// its reads pause while a publish waits (up to limits.publish_delay) for
+// its tokens, so every message arrives, in order, at the client's rate.
+func TestPublishSlowedToRate(t *testing.T) {
+	s := start(t, func(c *broker.Config) {
+		c.Limits.PublishRate, c.Limits.PublishBurst = 100, 10
+		c.Limits.PublishDelay = broker.Duration(time.Second)
+	})
+	ctl := newControl(t, s)
+	spy := connect(t, s, "slow", "spy")
+	spy.Subscribe(t, iot("slow", "#"))
+	c := rawSession(t, s, controlIP, 5, "slow", "d1")
+	var burst []byte
+	for i := range 60 {
+		burst = append(burst, publishPacket(iot("slow", "x"), 0, 0, nil, []byte(fmt.Sprint(i)))...)
+	}
+	began := time.Now()
+	c.send(append(burst, publishPacket(iot("slow", "x"), 1, 1, nil, []byte("marker"))...))
+	ctl.check(t) // others are served meanwhile
+	if ack := c.expect(4); len(ack) > 2 && ack[2] != 0 {
+		t.Fatalf("marker PUBACK % x", ack)
+	}
+	if took := time.Since(began); took < 450*time.Millisecond {
+		t.Fatalf("61 messages at 100/s with a burst of 10 took %v, want about 0.5s", took)
+	}
+	for i := range 60 {
+		if m := spy.Expect(t); string(m.Payload) != fmt.Sprint(i) {
+			t.Fatalf("message %d: %q", i, m.Payload)
+		}
+	}
+	if m := spy.Expect(t); string(m.Payload) != "marker" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	if n := limited(t, s, "publish_delayed"); n < 50 {
+		t.Fatalf("publish_delayed = %v", n)
+	}
+	if n := limited(t, s, "publish_rate"); n != 0 {
+		t.Fatalf("publish_rate refusals = %v, want 0", n)
+	}
+}
