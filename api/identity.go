@@ -29,7 +29,7 @@ package api
 //	GET    /v1/apps/{app}/users/{user}                   "users"
 //	PATCH  /v1/apps/{app}/users/{user}                   "users"
 //	DELETE /v1/apps/{app}/users/{user}                   "users"  disables and revokes; the ID stays taken
-//	PUT    /v1/apps/{app}/users/{user}/devices/{device}  "users" or "push"
+//	PUT    /v1/apps/{app}/users/{user}/devices/{device}      {platform, push_token, push_topic, locale}  "users" or "push"
 //	GET    /v1/apps/{app}/users/{user}/devices           "users" or "push"
 //	POST   /v1/apps/{app}/tokens                         "users"  MQTT credentials for a user's device
 //	POST   /v1/apps/{app}/login                          public   password (+ TOTP or recovery code)
@@ -338,12 +338,15 @@ type deviceView struct {
 	ID           string    `json:"id"`
 	Platform     string    `json:"platform,omitempty"`
 	HasPushToken bool      `json:"has_push_token"`
+	PushTopic    string    `json:"push_topic,omitempty"`
+	Locale       string    `json:"locale,omitempty"`
 	LastSeen     time.Time `json:"last_seen"`
 	CreatedAt    time.Time `json:"created_at"`
 }
 
 func viewDevice(d storage.Device) deviceView {
-	return deviceView{ID: d.ID, Platform: d.Platform, HasPushToken: d.PushToken != "", LastSeen: d.LastSeen, CreatedAt: d.CreatedAt}
+	return deviceView{ID: d.ID, Platform: d.Platform, HasPushToken: d.PushToken != "", PushTopic: d.PushTopic,
+		Locale: d.Locale, LastSeen: d.LastSeen, CreatedAt: d.CreatedAt}
 }
 
 // topicsView names a device's topics, so clients need not build them.
@@ -671,12 +674,14 @@ func (a *IdentityAPI) putDevice(w http.ResponseWriter, r *http.Request) error {
 	var b struct {
 		Platform  string  `json:"platform"`
 		PushToken *string `json:"push_token"`
+		PushTopic *string `json:"push_topic"`
+		Locale    *string `json:"locale"`
 	}
 	if err := a.decode(w, r, &b); err != nil {
 		return err
 	}
 	d, err := a.svc.PutDevice(r.Context(), app, r.PathValue("user"), identity.DeviceSpec{
-		ID: r.PathValue("device"), Platform: b.Platform, PushToken: b.PushToken})
+		ID: r.PathValue("device"), Platform: b.Platform, PushToken: b.PushToken, PushTopic: b.PushTopic, Locale: b.Locale})
 	if err != nil {
 		return mapErr(err)
 	}

@@ -7,12 +7,9 @@ import (
 )
 
 // IdentityDirectory is the Directory over the identity service's device
-// registry (PUT /v1/apps/{app}/users/{user}/devices/{device} with
-// platform and push_token).
-//
-// The registry keeps no registration time, APNs topic or locale per
-// token, so TokenAt is zero (an APNs 410 always prunes), the topic is the
-// app's default and the locale empty.
+// registry: devices register their platform, push token, APNs topic and
+// locale with PUT /v1/apps/{app}/users/{user}/devices/{device} or the MQTT
+// "push" request, and the registry records when each token was set.
 type IdentityDirectory struct {
 	Service *identity.Service
 }
@@ -26,21 +23,16 @@ func (d IdentityDirectory) Devices(ctx context.Context, app, user string) ([]Dev
 	out := make([]Device, 0, len(devs))
 	for _, x := range devs {
 		if x.PushToken != "" {
-			out = append(out, Device{ID: x.ID, Platform: x.Platform, Token: x.PushToken})
+			out = append(out, Device{ID: x.ID, Platform: x.Platform, Token: x.PushToken,
+				TokenAt: x.PushTokenAt, Topic: x.PushTopic, Locale: x.Locale})
 		}
 	}
 	return out, nil
 }
 
-// PruneToken clears the device's token if it is still token. The check
-// and the write are two steps: a device that registers a new token in
-// between can lose it (until its next registration).
+// PruneToken clears the device's token if it is still token, in one step:
+// a device that registered a new token meanwhile keeps it.
 func (d IdentityDirectory) PruneToken(ctx context.Context, app, user, device, token string) error {
-	dev, err := d.Service.GetDevice(ctx, app, user, device)
-	if err != nil || dev.PushToken != token {
-		return err
-	}
-	empty := ""
-	_, err = d.Service.PutDevice(ctx, app, user, identity.DeviceSpec{ID: device, PushToken: &empty})
+	_, err := d.Service.ClearPushToken(ctx, app, user, device, token)
 	return err
 }

@@ -77,7 +77,9 @@ type Server struct {
 	auth       *hooks.Auth
 	acl        *hooks.ACL
 	chat       *chat.Service
-	limits     *hooks.Limits
+	masterKey  string // path of the master key file
+	pushState
+	limits *hooks.Limits
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -105,6 +107,7 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		log = slog.Default()
 	}
 	s := &Server{cfg: cfg, log: log, mux: http.NewServeMux()}
+	s.pushSem = make(chan struct{}, pushWorkers)
 	defer func() {
 		if err != nil {
 			_ = s.closeAll()

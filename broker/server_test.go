@@ -635,7 +635,7 @@ func TestTLSAndWSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tc.Close() })
-	sub := connectAs(t, s, tc, "tls", "sub")
+	sub := connectAs(t, s, mqtttest.Locked(tc), "tls", "sub")
 	sub.Subscribe(t, iot("tls", "secure"))
 
 	wss, _, err := dialWSS(t, "wss://"+s.Addrs().WSS+"/mqtt", pool)

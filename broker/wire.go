@@ -29,6 +29,7 @@ func (s *Server) wireIdentity() error {
 		return err
 	}
 	s.identity = b.Service
+	s.masterKey = b.MasterKeyPath
 	if b.FirstStart {
 		s.log.Info("first start: created the admin key and the demo app", "admin_key_file", b.AdminKeyPath)
 	}
@@ -83,6 +84,8 @@ func (s *Server) wireChat() error {
 		MaxGroupSize: s.cfg.Chat.MaxGroupSize,
 		SendRate:     s.cfg.Chat.SendRate,
 		SendBurst:    s.cfg.Chat.SendBurst,
+		Devices:      devices{s.identity},
+		OnStored:     s.onStored,
 		UserExists: func(ctx context.Context, app, user string) (bool, error) {
 			_, err := s.identity.GetUser(ctx, app, user)
 			if errors.Is(err, identity.ErrNotFound) {
@@ -98,6 +101,9 @@ func (s *Server) wireChat() error {
 		return fmt.Errorf("chat hook: %w", err)
 	}
 	s.chat = svc
+	if err := s.wireBridge(s.masterKey, store); err != nil {
+		return err
+	}
 	stop := svc.StartRetention(10 * time.Minute)
 	s.closers = append(s.closers, func() error { stop(); return nil })
 	api.NewChatAPI(api.ChatOptions{Service: svc, Identity: s.identity}).Register(s.mux)

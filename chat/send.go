@@ -220,6 +220,7 @@ type pending struct {
 	ack   protocol.Ack
 	err   error
 	done  func(protocol.Ack, error)
+	msg   *protocol.Message // for Options.OnStored; nil when not needed
 }
 
 // enqueueLocked assigns the next seq and queues the durable append of a
@@ -275,6 +276,9 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 		ack:  protocol.Ack{ID: msg.ID, Conv: c.ID, Seq: msg.Seq, TS: msg.TS},
 		done: done,
 	}
+	if s.o.OnStored != nil && typ != protocol.TypeSystem {
+		p.msg = &msg
+	}
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {
 		return err
 	}
@@ -309,6 +313,9 @@ func (p *pending) finish() {
 	}
 	p.s.fanout(p.app, p.ack.Conv, p.kind, p.users, p.extra, p.data)
 	p.done(p.ack, nil)
+	if p.msg != nil {
+		p.s.o.OnStored(p.app, *p.msg, p.users)
+	}
 }
 
 // fanout delivers a stored message to the members it was sent to and extra.

@@ -82,6 +82,28 @@ type Options struct {
 	CacheMembers int
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
+
+	// Devices, if set, answers the "push" request: a device registering
+	// its push token.
+	Devices Devices
+	// OnStored, if set, is called once for every stored message (not for
+	// system events) after it has been delivered live, with the members it
+	// was for, in seq order per conversation. It runs on the conversation's
+	// delivery goroutine, so it must hand slow work off (the push bridge
+	// does its lookups and writes elsewhere).
+	OnStored func(app string, msg protocol.Message, recipients []string)
+}
+
+// Devices registers push tokens for devices; the identity service
+// implements it in the server.
+type Devices interface {
+	RegisterPush(ctx context.Context, app, user, device string, r PushRegistration) (any, error)
+}
+
+// PushRegistration is a device's push registration, from the "push"
+// request. An empty Token removes the registration.
+type PushRegistration struct {
+	Platform, Token, Topic, Locale string
 }
 
 // Stats are the Service's counters.
@@ -231,6 +253,12 @@ func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) 
 		return s.MarkDelivered(ctx, from, r.Conv, r.Seq)
 	case protocol.OpReads:
 		return s.Reads(ctx, from, r.Conv, r.Seq)
+	case protocol.OpPush:
+		if s.o.Devices == nil || from.Device == "" {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "op: push registration is not available here")
+		}
+		return s.o.Devices.RegisterPush(ctx, from.App, from.User, from.Device, PushRegistration{
+			Platform: r.Platform, Token: *r.Token, Topic: r.Topic, Locale: r.Locale})
 	}
 	return nil, protocol.Errorf(protocol.CodeBadRequest, "op: unknown operation %q", r.Op)
 }

@@ -176,6 +176,7 @@ type Service struct {
 	nDenied int // inserts since the last prune of denied
 
 	refreshLocks stripedLocks
+	devMu        sync.Mutex // serializes device read-modify-writes
 
 	revokeMu sync.Mutex
 	onRevoke []func(RevokeEvent)

@@ -238,7 +238,9 @@ func (s *Service) RevokeSessions(ctx context.Context, app, user string) error {
 type DeviceSpec struct {
 	ID        string
 	Platform  string
-	PushToken *string
+	PushToken *string // nil leaves the token as is; "" removes it
+	PushTopic *string // APNs topic (bundle ID); nil leaves it as is
+	Locale    *string // BCP 47 language tag; nil leaves it as is
 }
 
 // PutDevice registers or updates a device of a user.
@@ -257,9 +259,24 @@ func (s *Service) PutDevice(ctx context.Context, app, user string, d DeviceSpec)
 			return storage.Device{}, err
 		}
 	}
+	if d.PushTopic != nil {
+		if err := checkText("push_topic", *d.PushTopic, 255, true); err != nil {
+			return storage.Device{}, err
+		}
+	}
+	if d.Locale != nil {
+		if err := checkText("locale", *d.Locale, 35, true); err != nil {
+			return storage.Device{}, err
+		}
+	}
 	if _, err := s.GetUser(ctx, app, user); err != nil {
 		return storage.Device{}, err
 	}
+	// Read-modify-write of a device record is serialized, so that a token
+	// cleared by ClearPushToken can never overwrite one registered at the
+	// same moment.
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
 	now := s.now().UTC()
 	dev, err := s.store.GetDevice(ctx, app, user, d.ID)
 	if errors.Is(err, ErrNotFound) {
@@ -270,11 +287,35 @@ func (s *Service) PutDevice(ctx context.Context, app, user string, d DeviceSpec)
 	if d.Platform != "" {
 		dev.Platform = d.Platform
 	}
-	if d.PushToken != nil {
+	if d.PushToken != nil && *d.PushToken != dev.PushToken {
 		dev.PushToken = *d.PushToken
+		dev.PushTokenAt = now
+	}
+	if d.PushTopic != nil {
+		dev.PushTopic = *d.PushTopic
+	}
+	if d.Locale != nil {
+		dev.Locale = *d.Locale
 	}
 	dev.LastSeen = now
 	return dev, s.store.PutDevice(ctx, dev)
+}
+
+// ClearPushToken removes a device's push token if it is still token: a
+// provider said the token is dead, but a device that registered a new token
+// meanwhile keeps it. It reports whether the token was removed.
+func (s *Service) ClearPushToken(ctx context.Context, app, user, device, token string) (bool, error) {
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
+	dev, err := s.store.GetDevice(ctx, app, user, device)
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	if err != nil || dev.PushToken != token {
+		return false, err
+	}
+	dev.PushToken, dev.PushTokenAt = "", s.now().UTC()
+	return true, s.store.PutDevice(ctx, dev)
 }
 
 // ListDevices returns the devices of a user.

@@ -53,6 +53,7 @@ const (
 	OpRead      = "read"      // mark read up to seq: conv, seq
 	OpDelivered = "delivered" // mark delivered to this device up to seq: conv, seq
 	OpReads     = "reads"     // how many members have read up to seq: conv, seq
+	OpPush      = "push"      // register this device for push: platform, token, optional topic, locale
 )
 
 // Conversation kinds and member roles, as they appear on the wire.
@@ -161,7 +162,21 @@ type Request struct {
 	Limit   int               `json:"limit,omitempty"`
 	Start   string            `json:"start,omitempty"`
 	Cursors map[string]uint64 `json:"cursors,omitempty"`
+
+	// push: this device's push registration. An empty token removes it.
+	Platform string  `json:"platform,omitempty"`
+	Token    *string `json:"token,omitempty"`
+	Topic    string  `json:"topic,omitempty"`
+	Locale   string  `json:"locale,omitempty"`
 }
+
+// Push registration limits.
+const (
+	maxPushToken  = 4096
+	maxPushTopic  = 255
+	maxLocaleLen  = 35
+	pushPlatforms = "ios android web desktop iot"
+)
 
 // ParseRequest decodes and validates one uplink payload. It is strict:
 // unknown fields, trailing data, oversized payloads or bodies, invalid
@@ -332,6 +347,23 @@ func (r *Request) validate(lim Limits) error {
 		}
 		return nil
 	case OpConvs:
+		return nil
+	case OpPush:
+		if r.Token == nil {
+			return Errorf(CodeBadRequest, "token: required (\"\" removes the registration)")
+		}
+		if len(*r.Token) > maxPushToken || !printable(*r.Token) && *r.Token != "" {
+			return Errorf(CodeBadRequest, "token: at most %d printable ASCII characters", maxPushToken)
+		}
+		if r.Platform != "" && !strings.Contains(" "+pushPlatforms+" ", " "+r.Platform+" ") {
+			return Errorf(CodeBadRequest, "platform: one of %s", pushPlatforms)
+		}
+		if len(r.Topic) > maxPushTopic || (r.Topic != "" && !printable(r.Topic)) {
+			return Errorf(CodeBadRequest, "topic: at most %d printable ASCII characters", maxPushTopic)
+		}
+		if len(r.Locale) > maxLocaleLen || (r.Locale != "" && !printable(r.Locale)) {
+			return Errorf(CodeBadRequest, "locale: a BCP 47 tag of at most %d characters", maxLocaleLen)
+		}
 		return nil
 	}
 	return Errorf(CodeBadRequest, "op: unknown operation %q", r.Op)

@@ -74,11 +74,19 @@ type User struct {
 
 // Device is one installation of a client app, owned by one user.
 type Device struct {
-	App       string    `json:"app"`
-	User      string    `json:"user"`
-	ID        string    `json:"id"`
-	Platform  string    `json:"platform,omitempty"`   // ios, android, web, desktop, iot
-	PushToken string    `json:"push_token,omitempty"` // APNs or FCM token; never listed
+	App       string `json:"app"`
+	User      string `json:"user"`
+	ID        string `json:"id"`
+	Platform  string `json:"platform,omitempty"`   // ios, android, web, desktop, iot
+	PushToken string `json:"push_token,omitempty"` // APNs or FCM token; never listed
+	// PushTokenAt is when PushToken was last set: APNs reports a token as
+	// unregistered with a time, and only an older token may be dropped.
+	PushTokenAt time.Time `json:"push_token_at,omitzero"`
+	// PushTopic is the APNs topic (bundle ID) of the app on this device;
+	// empty means the app's default.
+	PushTopic string `json:"push_topic,omitempty"`
+	// Locale is the device's language (BCP 47), for notification texts.
+	Locale    string    `json:"locale,omitempty"`
 	LastSeen  time.Time `json:"last_seen"`
 	CreatedAt time.Time `json:"created_at"`
 }

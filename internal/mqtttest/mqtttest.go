@@ -210,3 +210,16 @@ func DialTCPFrom(t testing.TB, local, addr string) (net.Conn, error) {
 	t.Cleanup(func() { _ = c.Close() })
 	return c, nil
 }
+
+// lockedConn is a net.Conn that is also a sync.Locker.
+type lockedConn struct {
+	net.Conn
+	sync.Mutex
+}
+
+// Locked makes c a sync.Locker, so that paho writes each packet under the
+// lock (it writes a packet in several Write calls, and its keep-alive
+// pinger writes from another goroutine). Use it for connections whose
+// Write is not one system call, such as TLS; plain TCP and wsstream
+// connections do not need it.
+func Locked(c net.Conn) net.Conn { return &lockedConn{Conn: c} }
