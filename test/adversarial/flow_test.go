@@ -241,7 +241,7 @@ func TestPublishSlowedToRate(t *testing.T) {
 	if m := spy.Expect(t); string(m.Payload) != "marker" {
 		t.Fatalf("got %q", m.Payload)
 	}
-	if n := limited(t, s, "publish_delayed"); n < 50 {
+	if n := limited(t, s, "publish_delayed"); n < 30 { // 61 sent, 10 in the burst, a few refilled meanwhile
 		t.Fatalf("publish_delayed = %v", n)
 	}
 	if n := limited(t, s, "publish_rate"); n != 0 {
