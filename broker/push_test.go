@@ -97,8 +97,9 @@ func TestPushToOfflineDevice(t *testing.T) {
 	// Online: the live delivery is enough, no notification.
 	ack := alice.request(t, map[string]any{"to": "bob", "cmid": "online", "type": "text", "body": map[string]string{"text": "you are here"}})
 	phone.expectMsg(t, ack["conv"].(string), 1)
-	phone.Client.Disconnect(&paho.Disconnect{})
-	phone.WaitDisconnected(t)
+	if err := phone.Client.Disconnect(&paho.Disconnect{}); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(mqtttest.Timeout)
 	for (presence{s}).Online("demo", "bob", "phone") {
 		if time.Now().After(deadline) {
