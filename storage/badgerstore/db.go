@@ -20,6 +20,7 @@
 package badgerstore
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,8 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+
+	"github.com/warblerim/warbler/storage"
 )
 
 // Options tunes the database. The zero value is fit for a small machine.
@@ -92,6 +95,36 @@ func (d *DB) Close() error {
 		return errors.New("badgerstore: not open")
 	}
 	return d.db.Close()
+}
+
+// maxConflictRetries bounds the retries of a read-modify-write transaction
+// that lost a race to another writer.
+const maxConflictRetries = 16
+
+// update runs fn in a read-write transaction, retrying it when it loses a
+// race to another writer (at most maxConflictRetries times, then
+// storage.ErrConflict), and, if sync is set, syncs the database before
+// returning, so that a nil error means the change survives a crash.
+func (d *DB) update(ctx context.Context, sync bool, fn func(txn *badger.Txn) error) error {
+	for range maxConflictRetries {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := d.db.Update(fn)
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if sync {
+			if err := d.Sync(); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+		}
+		return nil
+	}
+	return storage.ErrConflict
 }
 
 // Check reports whether the database accepts reads; used by readiness probes.

@@ -36,10 +36,6 @@ const (
 	pfxUserRev = "i/r/"
 )
 
-// maxConflictRetries bounds the retries of a read-modify-write transaction
-// that lost a race to another writer.
-const maxConflictRetries = 16
-
 // IdentityStore implements storage.IdentityStore on a DB under the "i/"
 // prefix. Records are JSON. Every method that writes returns only after the
 // write is synced to disk, so a nil error means the change survives a crash.
@@ -99,23 +95,7 @@ func set(txn *badger.Txn, k []byte, v any) error {
 // write runs fn in a read-write transaction, retrying on conflict, then
 // syncs the database.
 func (s *IdentityStore) write(ctx context.Context, fn func(txn *badger.Txn) error) error {
-	for range maxConflictRetries {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := s.db.db.Update(fn)
-		if errors.Is(err, badger.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if err := s.db.Sync(); err != nil {
-			return fmt.Errorf("sync: %w", err)
-		}
-		return nil
-	}
-	return storage.ErrConflict
+	return s.db.update(ctx, true, fn)
 }
 
 func (s *IdentityStore) read(ctx context.Context, k []byte, v any) error {

@@ -170,25 +170,7 @@ func pushSet(txn *badger.Txn, k []byte, v any, ttl time.Duration) error {
 // update runs fn in a read-write transaction, retrying on conflict, and
 // syncs afterwards if sync is set.
 func (s *PushStore) update(ctx context.Context, sync bool, fn func(txn *badger.Txn) error) error {
-	for range maxConflictRetries {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		err := s.db.db.Update(fn)
-		if errors.Is(err, badger.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if sync {
-			if err := s.db.Sync(); err != nil {
-				return fmt.Errorf("sync: %w", err)
-			}
-		}
-		return nil
-	}
-	return storage.ErrConflict
+	return s.db.update(ctx, sync, fn)
 }
 
 func (s *PushStore) view(fn func(txn *badger.Txn) error) error { return s.db.db.View(fn) }
