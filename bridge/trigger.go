@@ -225,6 +225,12 @@ func (b *Bridge) MessageStored(ctx context.Context, app string, msg protocol.Mes
 	if t.kind == "" {
 		t.kind = KindAlert
 	}
+	// An app without credentials for either provider gets no pushes: skip
+	// the per-recipient lookups below (the answer is cached per app).
+	if !b.hasCreds(ctx, storage.PushQueueID{App: app, Provider: storage.ProviderAPNs}) &&
+		!b.hasCreds(ctx, storage.PushQueueID{App: app, Provider: storage.ProviderFCM}) {
+		return 0, nil
+	}
 	s, err := b.Settings(ctx, app)
 	if err != nil {
 		return 0, err
