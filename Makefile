@@ -31,13 +31,20 @@ test: lint
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./...
 
-## fuzz: run every fuzz target for FUZZTIME each
+## fuzz: run every fuzz target for FUZZTIME each. A target fails only on a
+## failing input (which Go writes to testdata/fuzz); the engine's own
+## "context deadline exceeded" when time runs out mid-minimization is not one.
 fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	  for t in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
 	    echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/warbler-fuzz.log 2>&1 || { cat /tmp/warbler-fuzz.log; exit 1; }; \
+	    if ! $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/warbler-fuzz.log 2>&1; then \
+	      if grep -q 'Failing input written' /tmp/warbler-fuzz.log || ! grep -q 'context deadline exceeded' /tmp/warbler-fuzz.log; then \
+	        cat /tmp/warbler-fuzz.log; exit 1; \
+	      fi; \
+	      echo "  (the fuzzing engine ran out of time while minimizing a new input; no failing input found)"; \
+	    fi; \
 	  done; \
 	done
 
