@@ -86,6 +86,10 @@ func (s *Server) wireChat() error {
 		SendBurst:    s.cfg.Chat.SendBurst,
 		Devices:      devices{s.identity},
 		OnStored:     s.onStored,
+		Retention: func(app string) chat.Retention {
+			days, msgs := s.identity.AppRetention(context.Background(), app)
+			return chat.Retention{MaxAge: time.Duration(days) * 24 * time.Hour, MaxMessages: msgs}
+		},
 		UserExists: func(ctx context.Context, app, user string) (bool, error) {
 			_, err := s.identity.GetUser(ctx, app, user)
 			if errors.Is(err, identity.ErrNotFound) {

@@ -150,7 +150,7 @@ func (s *Service) CreateApp(ctx context.Context, spec AppSpec) (storage.App, err
 	if err := checkQuotas(spec.Quotas); err != nil {
 		return storage.App{}, err
 	}
-	if _, err := CompileRules(spec.ID, spec.Settings.IoTRules); err != nil {
+	if err := checkSettings(spec.ID, spec.Settings); err != nil {
 		return storage.App{}, err
 	}
 	secret := make([]byte, 32)
@@ -205,7 +205,7 @@ func (s *Service) UpdateApp(ctx context.Context, id string, p AppPatch) (storage
 		}
 	}
 	if p.Settings != nil {
-		if _, err := CompileRules(id, p.Settings.IoTRules); err != nil {
+		if err := checkSettings(id, *p.Settings); err != nil {
 			return storage.App{}, err
 		}
 	}
@@ -345,4 +345,28 @@ func (s *Service) UserActive(app, user string) bool {
 	}
 	_, revoked := s.users[userKey{app, user}]
 	return !revoked
+}
+
+// checkSettings validates an app's settings.
+func checkSettings(app string, st storage.AppSettings) error {
+	if _, err := CompileRules(app, st.IoTRules); err != nil {
+		return err
+	}
+	if st.RetentionDays < 0 || st.RetentionDays > 100*365 {
+		return invalid("retention_days", "must be between 0 (forever) and 36500")
+	}
+	if st.RetentionMessages < 0 {
+		return invalid("retention_messages", "must be 0 (all) or positive")
+	}
+	return nil
+}
+
+// AppRetention returns the chat retention settings of an app (zero values
+// mean no limit); an unknown app keeps everything.
+func (s *Service) AppRetention(ctx context.Context, app string) (days, messages int) {
+	a, err := s.GetApp(ctx, app)
+	if err != nil {
+		return 0, 0
+	}
+	return a.Settings.RetentionDays, a.Settings.RetentionMessages
 }

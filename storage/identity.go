@@ -51,6 +51,12 @@ type AppSettings struct {
 	// IoTRules grant users access to the app's plain MQTT area
 	// (w/{app}/iot/...). See identity.CompileRules for the syntax.
 	IoTRules []TopicRule `json:"iot_rules,omitempty"`
+	// RetentionDays drops chat messages older than this many days; 0
+	// keeps them forever.
+	RetentionDays int `json:"retention_days,omitempty"`
+	// RetentionMessages keeps at most this many of the newest messages of
+	// each conversation; 0 keeps all.
+	RetentionMessages int `json:"retention_messages,omitempty"`
 }
 
 // TopicRule is one pattern rule in the style of mosquitto's ACL patterns,
