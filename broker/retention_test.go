@@ -22,6 +22,7 @@ func TestAppRetention(t *testing.T) {
 	if code, _ := adminCall(t, s, "PATCH", "/v1/apps/demo", map[string]any{"settings": map[string]any{"retention_days": -1}}); code != 400 {
 		t.Fatalf("negative retention accepted: %d", code)
 	}
+	creds(t, s, "bob", "phone") // bob must exist to be written to
 	alice := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "phone")
 	for i := 1; i <= 5; i++ {
 		alice.request(t, map[string]any{"to": "bob", "cmid": fmt.Sprint("r", i), "type": "text", "body": i})
