@@ -21,14 +21,19 @@ package badgerstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/badger/v4/table"
+	"github.com/dgraph-io/ristretto/v2/z"
 
 	"github.com/warblerim/warbler/storage"
 )
@@ -48,8 +53,10 @@ type DB struct {
 }
 
 // Open opens (creating if needed) the database in dir. It fails with a clear
-// error if the directory cannot be created or written, or if another process
-// holds it.
+// error if the directory cannot be created or written, if another process
+// holds it, or if a file of the store is damaged (see verifyStore): a
+// damaged store is never opened, because Badger would otherwise serve what
+// it could read and silently drop the rest.
 func Open(dir string, o Options) (*DB, error) {
 	var bo badger.Options
 	if o.InMemory {
@@ -76,6 +83,11 @@ func Open(dir string, o Options) (*DB, error) {
 		WithNumLevelZeroTablesStall(4).
 		WithValueLogFileSize(64 << 20).
 		WithChecksumVerificationMode(options.OnTableRead) // a corrupt table refuses to open
+	if !o.InMemory {
+		if err := verifyStore(bo); err != nil {
+			return nil, fmt.Errorf("store in %s is damaged; restore the data dir from a backup: %w", dir, err)
+		}
+	}
 	db, err := badger.Open(bo)
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", dir, err)
@@ -149,3 +161,176 @@ func (b badgerLogger) Warningf(f string, a ...any) {
 }
 func (badgerLogger) Infof(string, ...any)  {}
 func (badgerLogger) Debugf(string, ...any) {}
+
+// verifyStore checks every file Badger would trust on open, before Badger
+// opens them, because Badger v4.9.6 does not fail cleanly on damage:
+//
+//   - A sorted table (*.sst) with a flipped or cut-off byte makes Badger
+//     panic in a goroutine of its own while it opens the table (a nil
+//     dereference in VerifyChecksum, a slice bound in initIndex), which no
+//     caller can recover. Here each table is opened the way Badger opens
+//     it, with every block's checksum verified, in this goroutine, where
+//     the panic becomes an error.
+//   - A memtable's write-ahead log (*.mem) holds the newest writes, already
+//     acknowledged. On replay Badger stops at the first entry whose length
+//     or CRC is wrong and throws away everything after it, as if it were
+//     the torn tail of a crash. A process crash cannot tear a log that is
+//     written through a shared mapping, so damage followed by more data, or
+//     a log shorter than the size Badger gives every log, is corruption of
+//     acknowledged messages, and the store is refused.
+//   - The MANIFEST lists the live tables as a sequence of change sets, each
+//     with its length and CRC. Badger truncates it at the first bad change
+//     set and then deletes every table the shortened list does not name:
+//     a cut or flipped MANIFEST would destroy history on the next start.
+//     Badger fsyncs each change set, so only a power loss in the middle of
+//     an append can tear the last one; that too is refused, for an
+//     operator to look at, rather than guessed at.
+//
+// The value log (*.vlog) is not checked: Warbler's values are small enough
+// to live in the tables and write-ahead logs.
+func verifyStore(bo badger.Options) error {
+	ents, err := os.ReadDir(bo.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // first start
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		path := filepath.Join(bo.Dir, e.Name())
+		switch {
+		case strings.HasSuffix(e.Name(), ".sst"):
+			err = verifyTable(path, bo)
+		case strings.HasSuffix(e.Name(), ".mem"):
+			err = verifyWAL(path, 2*bo.MemTableSize)
+		case e.Name() == "MANIFEST":
+			err = verifyManifest(path)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// verifyTable opens one sorted table read-only with full checksum
+// verification and turns a panic inside Badger's table code into an error.
+func verifyTable(path string, bo badger.Options) (err error) {
+	mf, err := z.OpenMmapFile(path, os.O_RDONLY, 0)
+	if err != nil && !errors.Is(err, z.NewFile) {
+		return fmt.Errorf("table %s: %w", path, err)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("table %s is corrupt: %v", path, r)
+		}
+	}()
+	t, err := table.OpenTable(mf, table.Options{
+		ReadOnly:             true,
+		ChkMode:              options.OnTableAndBlockRead,
+		BlockSize:            bo.BlockSize,
+		BloomFalsePositive:   bo.BloomFalsePositive,
+		Compression:          bo.Compression,
+		ZSTDCompressionLevel: bo.ZSTDCompressionLevel,
+	})
+	if err != nil {
+		_ = mf.Close(-1)
+		return fmt.Errorf("table %s is corrupt: %w", path, err)
+	}
+	return t.Close(-1)
+}
+
+// walHeaderSize is the size of the key ID and IV that start every Badger
+// log file, before the first entry.
+const walHeaderSize = 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// verifyWAL walks the entries of one write-ahead log as Badger's replay
+// does (header: meta, user meta, uvarint key length, value length and
+// expiry; then key, value and a big-endian CRC-32C of all of it) up to the
+// first all-zero header, which ends the log, and fails if an entry is bad
+// while nonzero bytes follow it, or if the file is shorter than size.
+func verifyWAL(path string, size int64) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("write-ahead log %s: %w", path, err)
+	}
+	if int64(len(b)) < size {
+		return fmt.Errorf("write-ahead log %s is truncated: %d bytes, want %d", path, len(b), size)
+	}
+	off := walHeaderSize
+	for off < len(b) {
+		n, ok := walEntry(b[off:])
+		if n == 0 {
+			return nil // the all-zero header after the last entry
+		}
+		if !ok {
+			for _, c := range b[off:] {
+				if c != 0 {
+					return fmt.Errorf("write-ahead log %s is corrupt at offset %d, with data after it", path, off)
+				}
+			}
+			return nil // a torn last entry with nothing after it
+		}
+		off += n
+	}
+	return nil
+}
+
+// walEntry decodes the entry at the start of b and returns its encoded
+// length and whether it is whole with a correct CRC; 0 for an empty header.
+func walEntry(b []byte) (int, bool) {
+	if len(b) < 2 {
+		return 0, true
+	}
+	i := 2
+	var lens [3]uint64
+	for k := range lens {
+		v, n := binary.Uvarint(b[i:])
+		if n <= 0 {
+			return 1, false
+		}
+		lens[k], i = v, i+n
+	}
+	if b[0] == 0 && b[1] == 0 && lens[0] == 0 && lens[1] == 0 && lens[2] == 0 {
+		return 0, true
+	}
+	klen, vlen := lens[0], lens[1]
+	if klen == 0 || klen > 1<<16 || vlen > uint64(len(b)) || uint64(i)+klen+vlen+4 > uint64(len(b)) {
+		return 1, false
+	}
+	end := i + int(klen+vlen)
+	if crc32.Checksum(b[:end], castagnoli) != binary.BigEndian.Uint32(b[end:end+4]) {
+		return 1, false
+	}
+	return end + 4, true
+}
+
+// verifyManifest checks the MANIFEST's magic and the length and CRC-32C of
+// every change set (each preceded by a big-endian length and CRC).
+func verifyManifest(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("manifest %s: %w", path, err)
+	}
+	if len(b) < 8 || string(b[:4]) != "Bdgr" {
+		return fmt.Errorf("manifest %s is corrupt: bad header", path)
+	}
+	for off := 8; off < len(b); {
+		if len(b)-off < 8 {
+			return fmt.Errorf("manifest %s is truncated at offset %d", path, off)
+		}
+		n := int(binary.BigEndian.Uint32(b[off:]))
+		sum := binary.BigEndian.Uint32(b[off+4:])
+		off += 8
+		if n > len(b)-off {
+			return fmt.Errorf("manifest %s is truncated or corrupt at offset %d", path, off-8)
+		}
+		if crc32.Checksum(b[off:off+n], castagnoli) != sum {
+			return fmt.Errorf("manifest %s is corrupt at offset %d (checksum mismatch)", path, off-8)
+		}
+		off += n
+	}
+	return nil
+}
