@@ -7,7 +7,7 @@ FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
 ARGS      ?=
 
-.PHONY: build run test lint bench fuzz clean
+.PHONY: build run test lint bench fuzz soak clean
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/warbler
@@ -47,6 +47,13 @@ fuzz:
 	    fi; \
 	  done; \
 	done
+
+## soak: the long fault runs: SOAK (default 30m) of steady chat load against
+## the built server with RSS, heap and goroutines sampled every 10 s (fails
+## if they grow after warm-up). It stops by itself.
+SOAK ?= 30m
+soak:
+	WARBLER_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -v -run '^TestSoak$$' ./test/fault
 
 clean:
 	rm -rf bin

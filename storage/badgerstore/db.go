@@ -32,8 +32,10 @@ import (
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
+	"github.com/dgraph-io/badger/v4/pb"
 	"github.com/dgraph-io/badger/v4/table"
 	"github.com/dgraph-io/ristretto/v2/z"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/warblerim/warbler/storage"
 )
@@ -175,9 +177,10 @@ func (badgerLogger) Debugf(string, ...any) {}
 //     acknowledged. On replay Badger stops at the first entry whose length
 //     or CRC is wrong and throws away everything after it, as if it were
 //     the torn tail of a crash. A process crash cannot tear a log that is
-//     written through a shared mapping, so damage followed by more data, or
-//     a log shorter than the size Badger gives every log, is corruption of
-//     acknowledged messages, and the store is refused.
+//     written through a shared mapping, so damage followed by more data is
+//     corruption of acknowledged messages, and the store is refused. A log
+//     cut short at an entry boundary cannot be told from one Badger itself
+//     shortened after a replay, and is not detected.
 //   - The MANIFEST lists the live tables as a sequence of change sets, each
 //     with its length and CRC. Badger truncates it at the first bad change
 //     set and then deletes every table the shortened list does not name:
@@ -196,15 +199,22 @@ func verifyStore(bo badger.Options) error {
 	if err != nil {
 		return err
 	}
+	// Only the tables the MANIFEST names hold data: a table written when
+	// the process died, before its MANIFEST entry, is an orphan (often
+	// empty or half written) that Badger deletes, so it is not checked.
+	live := map[string]bool{}
+	if _, err := os.Stat(filepath.Join(bo.Dir, "MANIFEST")); err == nil {
+		if live, err = verifyManifest(filepath.Join(bo.Dir, "MANIFEST")); err != nil {
+			return err
+		}
+	}
 	for _, e := range ents {
 		path := filepath.Join(bo.Dir, e.Name())
 		switch {
-		case strings.HasSuffix(e.Name(), ".sst"):
+		case live[e.Name()]:
 			err = verifyTable(path, bo)
 		case strings.HasSuffix(e.Name(), ".mem"):
-			err = verifyWAL(path, 2*bo.MemTableSize)
-		case e.Name() == "MANIFEST":
-			err = verifyManifest(path)
+			err = verifyWAL(path)
 		}
 		if err != nil {
 			return err
@@ -250,14 +260,11 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // does (header: meta, user meta, uvarint key length, value length and
 // expiry; then key, value and a big-endian CRC-32C of all of it) up to the
 // first all-zero header, which ends the log, and fails if an entry is bad
-// while nonzero bytes follow it, or if the file is shorter than size.
-func verifyWAL(path string, size int64) error {
+// while nonzero bytes follow it.
+func verifyWAL(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("write-ahead log %s: %w", path, err)
-	}
-	if int64(len(b)) < size {
-		return fmt.Errorf("write-ahead log %s is truncated: %d bytes, want %d", path, len(b), size)
 	}
 	off := walHeaderSize
 	for off < len(b) {
@@ -308,29 +315,39 @@ func walEntry(b []byte) (int, bool) {
 }
 
 // verifyManifest checks the MANIFEST's magic and the length and CRC-32C of
-// every change set (each preceded by a big-endian length and CRC).
-func verifyManifest(path string) error {
+// every change set (each preceded by a big-endian length and CRC), and
+// returns the file names of the tables it leaves live.
+func verifyManifest(path string) (map[string]bool, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("manifest %s: %w", path, err)
+		return nil, fmt.Errorf("manifest %s: %w", path, err)
 	}
 	if len(b) < 8 || string(b[:4]) != "Bdgr" {
-		return fmt.Errorf("manifest %s is corrupt: bad header", path)
+		return nil, fmt.Errorf("manifest %s is corrupt: bad header", path)
 	}
+	live := map[string]bool{}
 	for off := 8; off < len(b); {
 		if len(b)-off < 8 {
-			return fmt.Errorf("manifest %s is truncated at offset %d", path, off)
+			return nil, fmt.Errorf("manifest %s is truncated at offset %d", path, off)
 		}
 		n := int(binary.BigEndian.Uint32(b[off:]))
 		sum := binary.BigEndian.Uint32(b[off+4:])
 		off += 8
 		if n > len(b)-off {
-			return fmt.Errorf("manifest %s is truncated or corrupt at offset %d", path, off-8)
+			return nil, fmt.Errorf("manifest %s is truncated or corrupt at offset %d", path, off-8)
 		}
 		if crc32.Checksum(b[off:off+n], castagnoli) != sum {
-			return fmt.Errorf("manifest %s is corrupt at offset %d (checksum mismatch)", path, off-8)
+			return nil, fmt.Errorf("manifest %s is corrupt at offset %d (checksum mismatch)", path, off-8)
+		}
+		var cs pb.ManifestChangeSet
+		if err := proto.Unmarshal(b[off:off+n], &cs); err != nil {
+			return nil, fmt.Errorf("manifest %s is corrupt at offset %d: %w", path, off-8, err)
+		}
+		for _, c := range cs.Changes {
+			name := table.IDToFilename(c.Id)
+			live[name] = c.Op == pb.ManifestChange_CREATE
 		}
 		off += n
 	}
-	return nil
+	return live, nil
 }

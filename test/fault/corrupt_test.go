@@ -65,7 +65,7 @@ type damage struct {
 }
 
 // damages lists, for each store file that holds data, a flip of 16 bytes in
-// its middle and a truncation to half its size.
+// its middle and (but for write-ahead logs) a truncation to half its size.
 func damages(t *testing.T, db string) []damage {
 	t.Helper()
 	ents, err := os.ReadDir(db)
@@ -93,10 +93,13 @@ func damages(t *testing.T, db string) []damage {
 				continue
 			}
 		}
-		out = append(out,
-			damage{"flip-" + n, n, func(t *testing.T, p string) { flip(t, p, size/2) }},
-			damage{"truncate-" + n, n, func(t *testing.T, p string) { truncate(t, p, size/2) }},
-		)
+		out = append(out, damage{"flip-" + n, n, func(t *testing.T, p string) { flip(t, p, size/2) }})
+		// A write-ahead log cut at an entry boundary looks like one Badger
+		// shortened itself after a replay; that damage is not detectable
+		// without a checksum over the whole log, and is not tested.
+		if !strings.HasSuffix(n, ".mem") {
+			out = append(out, damage{"truncate-" + n, n, func(t *testing.T, p string) { truncate(t, p, size/2) }})
+		}
 	}
 	if len(out) == 0 {
 		t.Fatalf("no store files to damage in %s: %v", db, names)

@@ -1,0 +1,226 @@
+package fault
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// Soak parameters: the load is steady and modest (what a small community
+// server carries all day), so that growth, not saturation, is measured.
+const (
+	soakPairs    = 8                // sender/recipient pairs
+	soakRate     = 200              // chat sends per second, all pairs together
+	soakInterval = 10 * time.Second // sampling period
+)
+
+// Growth allowed after warm-up (the first fifth of the run, at least one
+// minute), as a least-squares slope over the samples. A leak of one
+// goroutine per few seconds, or of a few KB per message, breaks these.
+const (
+	maxRSSSlope       = 256 << 10 // bytes per minute (15 MB/hour)
+	maxHeapSlope      = 256 << 10 // bytes per minute
+	maxGoroutineSlope = 1.0       // goroutines per minute
+)
+
+// sample is one reading of the server's resource use.
+type sample struct {
+	at         time.Duration // since the load started
+	rss, heap  float64       // bytes
+	goroutines float64
+	sent       int64 // acked sends so far
+}
+
+// TestSoak runs the real server at steady chat load for WARBLER_SOAK
+// (a Go duration; `make soak` sets 30m), sampling its resident set size
+// (from /proc), in-use heap and goroutine count (from /metrics) every 10
+// s, and fails if any of them grows faster than the slopes above after
+// warm-up (in runs of 10 minutes or more), if a send is refused, or if a
+// message is not delivered.
+func TestSoak(t *testing.T) {
+	d, err := time.ParseDuration(os.Getenv("WARBLER_SOAK"))
+	if err != nil || d <= 0 {
+		t.Skip("set WARBLER_SOAK to a duration (make soak: 30m) to run the soak test")
+	}
+	s := start(t, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+
+	var sent, delivered atomic.Int64
+	var failure atomic.Value
+	var wg sync.WaitGroup
+	interval := time.Duration(float64(time.Second) * soakPairs / soakRate)
+	for i := range soakPairs {
+		from, to := fmt.Sprintf("s%d", i), fmt.Sprintf("r%d", i)
+		sender := s.connect(t, from, "phone")
+		rcpt := s.connect(t, to, "phone")
+		rcpt.Subscribe(t, "w/demo/u/"+to)
+		wg.Add(2)
+		go func() { // the recipient reads everything it is sent
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-rcpt.Msgs:
+					delivered.Add(1)
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(interval)
+			defer tick.Stop()
+			for seq := 0; ; seq++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+				resp, err := sender.Client.Publish(pctx, &paho.Publish{Topic: "w/demo/up/" + from + "/phone", QoS: 1,
+					Payload: envelope(to, fmt.Sprintf("%s-%d", from, seq))})
+				pcancel()
+				switch {
+				case ctx.Err() != nil:
+					return
+				case err != nil:
+					failure.CompareAndSwap(nil, fmt.Errorf("%s: send %d: %v", from, seq, err))
+					return
+				case resp.ReasonCode != 0:
+					failure.CompareAndSwap(nil, fmt.Errorf("%s: send %d: reason 0x%x", from, seq, resp.ReasonCode))
+					return
+				}
+				sent.Add(1)
+			}
+		}()
+	}
+
+	var samples []sample
+	began := time.Now()
+	tick := time.NewTicker(soakInterval)
+	defer tick.Stop()
+	take := func() {
+		smp := sample{at: time.Since(began), rss: rss(t, s.cmd.Process.Pid), sent: sent.Load()}
+		m := metrics(t, s.addrs["http"])
+		smp.heap, smp.goroutines = m["go_memstats_heap_inuse_bytes"], m["go_goroutines"]
+		samples = append(samples, smp)
+		t.Logf("t=%4.0fs rss=%6.1f MB heap=%6.1f MB goroutines=%4.0f sent=%d delivered=%d",
+			smp.at.Seconds(), smp.rss/1e6, smp.heap/1e6, smp.goroutines, smp.sent, delivered.Load())
+	}
+	take()
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-tick.C:
+			if err, _ := failure.Load().(error); err != nil {
+				t.Fatal(err)
+			}
+			if !s.running() {
+				t.Fatalf("server exited: %v\n%s", s.err, s.logText())
+			}
+			take()
+		}
+	}
+	wg.Wait()
+	if err, _ := failure.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	n := sent.Load()
+	t.Logf("%d sends acked in %v (%.0f/s), %d delivered", n, d, float64(n)/d.Seconds(), delivered.Load())
+	if want := int64(0.9 * soakRate * d.Seconds()); n < want {
+		t.Errorf("only %d sends acked, want at least %d: the server did not keep up", n, want)
+	}
+	if delivered.Load() < n-int64(soakPairs*2) { // the last in flight may be cut off by the end
+		t.Errorf("%d acked but only %d delivered", n, delivered.Load())
+	}
+
+	warm := max(d/5, time.Minute)
+	var after []sample
+	for _, smp := range samples {
+		if smp.at >= warm {
+			after = append(after, smp)
+		}
+	}
+	if len(after) < 3 {
+		t.Logf("only %d samples after the %v warm-up: no slope check (run longer)", len(after), warm)
+		return
+	}
+	// The store's caches and memtables (about 60 MB, counted in RSS because
+	// the memtables are mapped files) take several minutes to fill at this
+	// load, so a shorter run reports its slopes without judging them.
+	judge := d >= 10*time.Minute
+	check := func(name string, get func(sample) float64, limit float64, unit string) {
+		slope := slopePerMinute(after, get)
+		t.Logf("%s slope after warm-up: %.3g %s/min (limit %.3g, enforced: %v)", name, slope, unit, limit, judge)
+		if judge && slope > limit {
+			t.Errorf("%s grows %.3g %s/min after warm-up, limit %.3g", name, slope, unit, limit)
+		}
+	}
+	check("RSS", func(s sample) float64 { return s.rss }, maxRSSSlope, "B")
+	check("heap", func(s sample) float64 { return s.heap }, maxHeapSlope, "B")
+	check("goroutines", func(s sample) float64 { return s.goroutines }, maxGoroutineSlope, "")
+}
+
+// slopePerMinute is the least-squares slope of get over the samples' times.
+func slopePerMinute(ss []sample, get func(sample) float64) float64 {
+	var sx, sy, sxx, sxy float64
+	for _, s := range ss {
+		x, y := s.at.Minutes(), get(s)
+		sx, sy, sxx, sxy = sx+x, sy+y, sxx+x*x, sxy+x*y
+	}
+	n := float64(len(ss))
+	return (n*sxy - sx*sy) / (n*sxx - sx*sx)
+}
+
+// rss reads a process's resident set size from /proc.
+func rss(t *testing.T, pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatalf("read RSS: %v", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb * 1024
+		}
+	}
+	t.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+// metrics reads the unlabelled samples of the server's /metrics page.
+func metrics(t *testing.T, addr string) map[string]float64 {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && !strings.HasPrefix(f[0], "#") {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out[f[0]] = v
+			}
+		}
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if _, ok := out["go_goroutines"]; !ok {
+		t.Fatal("no go_goroutines on /metrics")
+	}
+	return out
+}
