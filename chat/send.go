@@ -312,10 +312,12 @@ func (p *pending) finish() {
 		return
 	}
 	p.s.fanout(p.app, p.ack.Conv, p.kind, p.users, p.extra, p.data)
-	p.done(p.ack, nil)
+	// Hand the message on before reporting the outcome: whoever waits for
+	// outcomes (a graceful stop) then knows every hand-off has started.
 	if p.msg != nil {
 		p.s.o.OnStored(p.app, *p.msg, p.users)
 	}
+	p.done(p.ack, nil)
 }
 
 // fanout delivers a stored message to the members it was sent to and extra.

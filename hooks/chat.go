@@ -242,7 +242,15 @@ func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		case o.ok:
 			return pk, packets.CodeSuccessIgnore
 		case v5:
-			return pk, o.code
+			// The broker would answer a returned reason code with a PUBACK
+			// even at QoS 2 (the client's QoS 2 flow would never end), so
+			// the PUBREC with the reason is written here.
+			_ = cl.WritePacket(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+				PacketID:    pk.PacketID,
+				ReasonCode:  o.code.Code,
+			})
+			return pk, packets.ErrRejectPacket
 		case o.transient:
 			return pk, packets.ErrRejectPacket
 		}

@@ -134,9 +134,10 @@ func (h *Sessions) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	if !expire || cl.Net.Inline || errors.Is(cl.StopCause(), packets.ErrSessionTakenOver) {
 		return
 	}
-	if persistent(cl) || cl.Net.Conn == nil {
-		h.dropClient(cl.ID)
-	}
+	// A session that ends with the connection may have been persistent
+	// until its DISCONNECT set its expiry to 0; dropClient costs nothing
+	// for a client that was never stored.
+	h.dropClient(cl.ID)
 }
 
 // OnClientExpired forgets a session whose expiry has passed.
