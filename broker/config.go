@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -202,18 +204,23 @@ func Default() Config {
 // LoadFile overlays the YAML file at path onto c. Unknown keys are errors,
 // so a typo in a setting is reported instead of silently ignored.
 func (c *Config) LoadFile(path string) error {
-	f, err := os.Open(path)
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(c); err != nil && !errors.Is(err, os.ErrClosed) {
-		if err.Error() == "EOF" { // an empty file changes nothing
-			return nil
-		}
+	if err := c.LoadBytes(b); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadBytes overlays a YAML document onto c, as LoadFile does for a file;
+// an empty document changes nothing.
+func (c *Config) LoadBytes(b []byte) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return err
 	}
 	return nil
 }
