@@ -596,6 +596,11 @@ func readPacket(r *bufio.Reader) (packets.Packet, error) {
 		err = pk.PublishDecode(buf)
 	case packets.Puback:
 		err = pk.PubackDecode(buf)
+	case packets.Pubrec:
+		if n > 2 { // an MQTT 5 PUBREC with a reason code
+			pk.ProtocolVersion = 5
+		}
+		err = pk.PubrecDecode(buf)
 	}
 	return pk, err
 }
