@@ -86,3 +86,50 @@ func TestRetainedAndPersistentSessionsSurviveRestart(t *testing.T) {
 		t.Fatalf("cleared retained message came back (%d)", n)
 	}
 }
+
+// A persistent session that its client ends with DISCONNECT (session
+// expiry set to 0) is gone for good: it does not come back after a restart.
+func TestSessionEndedByDisconnectStaysEnded(t *testing.T) {
+	cfg := loopbackConfig(t)
+	start := func() *Server {
+		s, err := New(cfg, Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+		return s
+	}
+	s := start()
+	cid, user, pass := creds(t, s, "leaver", "d1")
+	hour, zero := uint32(3600), uint32(0)
+	c, _, err := mqtttest.Connect(t, mqtttest.DialTCP(t, s.Addrs().MQTT), &paho.Connect{
+		ClientID: cid, Username: user, UsernameFlag: true, Password: []byte(pass), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: &hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Subscribe(t, iot("leaver", "x"))
+	if err := c.Client.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: &zero}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(mqtttest.Timeout)
+	for len(s.MQTT().Topics.Subscribers(iot("leaver", "x")).Subscriptions) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("session not ended")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s = start()
+	if _, ok := s.MQTT().Clients.Get(cid); ok {
+		t.Fatal("the ended session came back after a restart")
+	}
+	if n := len(s.MQTT().Topics.Subscribers(iot("leaver", "x")).Subscriptions); n != 0 {
+		t.Fatalf("its subscription came back (%d)", n)
+	}
+}
