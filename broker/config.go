@@ -82,6 +82,11 @@ type MQTTConfig struct {
 	MaxConnections int64 `yaml:"max_connections"`
 	// MaxTopicLevels caps the levels of a topic or filter (32).
 	MaxTopicLevels int `yaml:"max_topic_levels"`
+	// MaxKeepalive is the longest keep-alive an MQTT 5 client may use (20
+	// minutes); a client asking for more, or for none (0), is told this
+	// value in its CONNACK, so a connection that goes silent is always
+	// closed eventually. MQTT 3 has no way to tell the client.
+	MaxKeepalive Duration `yaml:"max_keepalive"`
 	// PublicAddr is the MQTT host:port handed to clients with their
 	// credentials; by default the bound address, with 127.0.0.1 for an
 	// unspecified host.
@@ -189,6 +194,7 @@ func Default() Config {
 			MaxSessionExpiry: Duration(7 * 24 * time.Hour),
 			MaxMessageExpiry: 0,
 			MaxTopicLevels:   32,
+			MaxKeepalive:     Duration(20 * time.Minute),
 			Anonymous: AnonymousConfig{App: "sandbox", Rules: []RuleConfig{
 				{Pattern: "w/{app}/iot/%c/#", Access: "readwrite"},
 				{Pattern: "w/{app}/iot/public/#", Access: "readwrite"},
@@ -271,6 +277,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.MaxPacketSize < 64 {
 		return fmt.Errorf("config: mqtt.max_packet_size %d is too small (minimum 64 bytes)", c.MQTT.MaxPacketSize)
+	}
+	if k := c.MQTT.MaxKeepalive.D(); k < time.Second || k > 65535*time.Second {
+		return fmt.Errorf("config: mqtt.max_keepalive %v must be between 1s and 65535s", k)
 	}
 	if c.MQTT.ConnectTimeout.D() <= 0 {
 		return errors.New("config: mqtt.connect_timeout must be positive")

@@ -148,6 +148,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	if err := s.mqtt.AddHook(newMetricsHook(s.metrics), nil); err != nil {
 		return nil, err
 	}
+	if err := s.mqtt.AddHook(&keepaliveHook{max: uint16(cfg.MQTT.MaxKeepalive.D() / time.Second)}, nil); err != nil {
+		return nil, err
+	}
 	if err := s.mqtt.AddHook(hooks.NewSessions(s.db.KV("q/"), log.With("component", "sessions")), nil); err != nil {
 		return nil, err
 	}
@@ -471,7 +474,17 @@ func (s *Server) stopBroker(ctx context.Context) {
 		<-l.stopped
 	}
 	sweep := func() {
-		for _, cl := range s.mqtt.Clients.GetAll() {
+		clients := s.mqtt.Clients.GetAll()
+		// A client that stopped reading leaves its write loop blocked in a
+		// socket write while holding the client lock, which DisconnectClient
+		// needs: bound every pending and future write first, so that no
+		// client can hold the shutdown up for longer than that.
+		for _, cl := range clients {
+			if !cl.Net.Inline && cl.Net.Conn != nil {
+				_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+			}
+		}
+		for _, cl := range clients {
 			if !cl.Net.Inline && !cl.Closed() {
 				_ = s.mqtt.DisconnectClient(cl, packets.ErrServerShuttingDown)
 			}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -24,8 +25,9 @@ type Conn struct {
 	net.Conn
 	ws  *websocket.Conn
 	r   io.Reader
-	wmu sync.Mutex // one WebSocket message at a time
-	pmu sync.Mutex // one MQTT packet at a time; see Lock
+	wmu sync.Mutex   // one WebSocket message at a time
+	pmu sync.Mutex   // one MQTT packet at a time; see Lock
+	wdl atomic.Int64 // write deadline in Unix nanoseconds; 0 for none
 }
 
 // Lock and Unlock make Conn a sync.Locker. An MQTT client that writes one
@@ -74,10 +76,38 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	var dl time.Time
+	if ns := c.wdl.Load(); ns != 0 {
+		dl = time.Unix(0, ns)
+	}
+	_ = c.ws.SetWriteDeadline(dl)
 	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// SetDeadline sets the read and write deadlines. The socket's write
+// deadline takes effect at once, also for a write in progress; the
+// WebSocket, which sets the socket's write deadline itself before every
+// message, is given the same deadline by the next Write.
+func (c *Conn) SetDeadline(t time.Time) error {
+	c.storeWriteDeadline(t)
+	return c.Conn.SetDeadline(t)
+}
+
+// SetWriteDeadline sets the write deadline (see SetDeadline).
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.storeWriteDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *Conn) storeWriteDeadline(t time.Time) {
+	if t.IsZero() {
+		c.wdl.Store(0)
+		return
+	}
+	c.wdl.Store(t.UnixNano())
 }
 
 // Close closes the WebSocket's socket.
