@@ -483,7 +483,13 @@ func (c *committer) syncDurable() error {
 
 // syncRotatedWALs fsyncs each memtable WAL that has become immutable (a
 // newer one exists) and has not been fsynced since.
-func (c *committer) syncRotatedWALs(dir string) error {
+func (c *committer) syncRotatedWALs(dir string) error { return syncRotatedWALs(dir, c.syncedWAL) }
+
+// syncRotatedWALs fsyncs each memtable WAL file in dir that has become
+// immutable (a newer one exists) and is not in synced, and records it
+// there; entries of files that no longer exist are dropped. DB.Sync alone
+// only syncs the current memtable's file.
+func syncRotatedWALs(dir string, synced map[int]bool) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -505,7 +511,7 @@ func (c *committer) syncRotatedWALs(dir string) error {
 	present := make(map[int]bool, len(fids))
 	for _, fid := range fids {
 		present[fid] = true
-		if fid == maxFid || c.syncedWAL[fid] {
+		if fid == maxFid || synced[fid] {
 			continue
 		}
 		f, err := os.Open(filepath.Join(dir, fmt.Sprintf("%05d.mem", fid)))
@@ -520,11 +526,11 @@ func (c *committer) syncRotatedWALs(dir string) error {
 		if err != nil {
 			return err
 		}
-		c.syncedWAL[fid] = true
+		synced[fid] = true
 	}
-	for fid := range c.syncedWAL {
+	for fid := range synced {
 		if !present[fid] {
-			delete(c.syncedWAL, fid)
+			delete(synced, fid)
 		}
 	}
 	return nil
