@@ -17,6 +17,12 @@
 // Durability. The database runs with SyncWrites off and callers that promise
 // durability call Sync (or use a group committer that does), so that many
 // concurrent writers share one fsync instead of paying one each.
+//
+// Disk space. Badger writes its logs and tables through shared mappings of
+// files it sizes with ftruncate, which leaves them sparse; on a full
+// filesystem a store into such a page is answered with SIGBUS, which kills
+// the process instead of failing the write. The space guard (spaceGuard)
+// refuses writes while free space is below what Badger may still need.
 package badgerstore
 
 import (
@@ -30,6 +36,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	badger "github.com/dgraph-io/badger/v4"
 	"github.com/dgraph-io/badger/v4/options"
@@ -56,6 +65,8 @@ type DB struct {
 
 	walMu     sync.Mutex
 	syncedWAL map[int]bool // rotated memtable log files already synced by Sync
+
+	space *spaceGuard // nil in memory
 }
 
 // Open opens (creating if needed) the database in dir. It fails with a clear
@@ -98,7 +109,22 @@ func Open(dir string, o Options) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store in %s: %w", dir, err)
 	}
-	return &DB{db: db, dir: dir, syncedWAL: map[int]bool{}}, nil
+	d := &DB{db: db, dir: dir, syncedWAL: map[int]bool{}}
+	if !o.InMemory {
+		d.space = newSpaceGuard(db, o.Logger)
+		guards.Store(db, d.space)
+		// The memtable Badger opened with may be new and sparse: give it
+		// its blocks now, before the first write lands in it.
+		d.walMu.Lock()
+		err = syncRotatedWALs(bo.Dir, d.syncedWAL, d.space)
+		d.walMu.Unlock()
+		if err != nil {
+			_ = db.Close()
+			guards.Delete(db)
+			return nil, fmt.Errorf("open store in %s: %w", dir, err)
+		}
+	}
+	return d, nil
 }
 
 // Badger returns the underlying database for stores in this package.
@@ -117,7 +143,7 @@ func (d *DB) Sync() error {
 	}
 	d.walMu.Lock()
 	defer d.walMu.Unlock()
-	return syncRotatedWALs(opts.Dir, d.syncedWAL)
+	return syncRotatedWALs(opts.Dir, d.syncedWAL, d.space)
 }
 
 // Close syncs and closes the database. It is safe to call once.
@@ -125,6 +151,7 @@ func (d *DB) Close() error {
 	if d == nil || d.db == nil {
 		return errors.New("badgerstore: not open")
 	}
+	guards.Delete(d.db)
 	return d.db.Close()
 }
 
@@ -139,6 +166,9 @@ const maxConflictRetries = 16
 func (d *DB) update(ctx context.Context, sync bool, fn func(txn *badger.Txn) error) error {
 	for range maxConflictRetries {
 		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := d.space.admit(); err != nil {
 			return err
 		}
 		err := d.db.Update(fn)
@@ -165,6 +195,18 @@ func (d *DB) Check() error {
 	}
 	return d.db.View(func(*badger.Txn) error { return nil })
 }
+
+// CheckSpace reports whether the store accepts writes: nil, or ErrNoSpace
+// (wrapped, with the numbers) while the filesystem of the data directory
+// has less free space than the reserve. Code that writes through Badger()
+// directly should call it first; the chat committer and every store method
+// of this package already do.
+func (d *DB) CheckSpace() error { return d.space.admit() }
+
+// SpaceStats returns the space guard's state, for metrics: whether writes
+// are being refused, the free space and reserve at the last check, and how
+// many writes were refused since Open. Zero for an in-memory store.
+func (d *DB) SpaceStats() SpaceStats { return d.space.stats() }
 
 type badgerLogger struct{ l *slog.Logger }
 
@@ -367,4 +409,228 @@ func verifyManifest(path string) (map[string]bool, error) {
 		off += n
 	}
 	return live, nil
+}
+
+// ErrNoSpace is returned (wrapped, with the numbers) by writes refused
+// because the data directory's filesystem is low on free space.
+var ErrNoSpace = errors.New("badgerstore: not enough free disk space")
+
+// SpaceStats is the space guard's state, for metrics.
+type SpaceStats struct {
+	Refusing bool   // writes are being refused now
+	Free     uint64 // bytes available to the server at the last check
+	Reserve  uint64 // free bytes below which writes are refused
+	Refused  uint64 // writes refused since Open
+}
+
+// spaceCheckInterval bounds how long a free-space reading is trusted.
+// Within it a write costs a mutex and a subtraction; the reading is also
+// renewed early once the bytes written since exceed the headroom it had.
+const spaceCheckInterval = 100 * time.Millisecond
+
+// guards maps each open *badger.DB to its DB's guard, so that code holding
+// only the Badger handle (the chat committer) finds the same guard, with
+// the same counters and log state.
+var guards sync.Map
+
+func guardFor(db *badger.DB) *spaceGuard {
+	if g, ok := guards.Load(db); ok {
+		return g.(*spaceGuard)
+	}
+	return nil
+}
+
+// spaceGuard keeps Badger from writing into disk blocks that do not exist.
+//
+// Why it is needed. Badger v4.9.6 creates each memtable write-ahead log
+// (NNNNN.mem, 2 × MemTableSize), each table (*.sst) and each value log
+// file with ftruncate and then writes them through a shared mapping. The
+// files are sparse: their blocks are allocated by the page faults of the
+// writes. On a full filesystem such a fault raises SIGBUS, and the Go
+// runtime turns that into "fatal error: fault": the process dies, and no
+// write ever sees an error.
+//
+// What it does, in two parts:
+//
+//   - Admission. Every write of this package (the chat committer's batch,
+//     DB.update) first asks admit, which refuses with ErrNoSpace while the
+//     free space of the data directory's filesystem (statfs f_bavail) is
+//     below the reserve. Refused writes are answered as failed writes: a
+//     chat send gets a PUBACK ≥ 0x80 (MQTT 5) or none (MQTT 3.1.1).
+//     Writing resumes by itself once free space is back above the reserve
+//     plus an eighth (the margin keeps the state from flapping, and the
+//     log from repeating, when free space hovers at the reserve).
+//   - Preallocation. After each sync the newest memtable log is given all
+//     its blocks with fallocate (keeping its size), so appends into it
+//     never fault, even if another process fills the disk after the check.
+//     Only writes between a memtable rotation and the next sync go into a
+//     sparse file; the reserve covers them.
+//
+// The reserve is what Badger may still allocate on its own after a write
+// is admitted: a new memtable log when the memtable fills (2 × MemTableSize),
+// the L0 table its flush writes (MemTableSize plus an index and Bloom filter,
+// counted as a quarter more), and the tables of a compaction, which are
+// written before the ones they replace are deleted. A compaction rewrites
+// at most L0 at its stall size plus the base level (NumLevelZeroTablesStall
+// × MemTableSize + BaseLevelSize), and never more than the whole tree, so
+// that share is min(LSM size, that bound). With the options of Open (8 MiB
+// memtables, L0 stall at 4 tables, 10 MiB base level) the reserve is 26 MiB
+// for a small store, rising to 68 MiB from an LSM tree of 42 MiB up.
+//
+// Limits. A write through Badger() that does not call DB.CheckSpace is not
+// guarded. Space taken by another process after a write was admitted can
+// still starve Badger's own flushes and compactions. Values of
+// ValueThreshold (1 MiB) or more go to the value log, which is not
+// preallocated; Warbler's values are far smaller.
+type spaceGuard struct {
+	db      *badger.DB
+	dir     string
+	log     *slog.Logger
+	base    uint64 // the reserve without its compaction share
+	compact uint64 // the most one compaction writes
+
+	mu        sync.Mutex
+	checked   time.Time
+	allowance int64 // free − reserve at the last check, less bytes written since
+	free      uint64
+	reserve   uint64
+	refusing  bool
+	err       error // what admit returns while refusing
+
+	walMu   sync.Mutex
+	walDone int // the newest memtable log already given its blocks
+
+	refused atomic.Uint64
+}
+
+func newSpaceGuard(db *badger.DB, log *slog.Logger) *spaceGuard {
+	o := db.Opts()
+	m := uint64(o.MemTableSize)
+	return &spaceGuard{
+		db:      db,
+		dir:     o.Dir,
+		log:     log,
+		base:    2*m + m + m/4,
+		compact: uint64(o.NumLevelZeroTablesStall)*m + uint64(o.BaseLevelSize),
+		walDone: -1,
+	}
+}
+
+// admit returns nil if a write may go ahead, else the refusal. A nil
+// guard (an in-memory store) admits everything.
+func (g *spaceGuard) admit() error {
+	if g == nil {
+		return nil
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if time.Since(g.checked) >= spaceCheckInterval || (!g.refusing && g.allowance < 0) {
+		g.check()
+	}
+	if g.refusing {
+		g.refused.Add(1)
+		return g.err
+	}
+	return nil
+}
+
+// consume counts n bytes just written against the headroom of the last
+// reading, so that a burst of writes renews the reading before it can
+// use up the reserve.
+func (g *spaceGuard) consume(n int) {
+	if g == nil || n <= 0 {
+		return
+	}
+	g.mu.Lock()
+	g.allowance -= int64(n)
+	g.mu.Unlock()
+}
+
+// check takes a fresh reading and switches between admitting and refusing,
+// logging each switch once. Called with g.mu held.
+func (g *spaceGuard) check() {
+	g.checked = time.Now()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(g.dir, &st); err != nil {
+		// No reading: keep the current state; the write itself will fail
+		// if the directory is really gone.
+		g.allowance = 0
+		return
+	}
+	lsm, _ := g.db.Size()
+	g.free = st.Bavail * uint64(st.Bsize)
+	g.reserve = g.base + min(uint64(max(lsm, 0)), g.compact)
+	g.allowance = int64(g.free) - int64(g.reserve)
+	switch {
+	case !g.refusing && g.free < g.reserve:
+		g.refuse(fmt.Errorf("%w: %d bytes free in %s, %d reserved for the store's own flushes and compactions",
+			ErrNoSpace, g.free, g.dir, g.reserve))
+	case g.refusing && g.free >= g.reserve+g.reserve/8:
+		g.refusing, g.err = false, nil
+		if g.log != nil {
+			g.log.Info("disk space is back: store accepts writes again", "dir", g.dir,
+				"free_bytes", g.free, "reserve_bytes", g.reserve, "refused", g.refused.Load())
+		}
+	}
+}
+
+// refuse starts refusing writes with err. Called with g.mu held.
+func (g *spaceGuard) refuse(err error) {
+	if !g.refusing && g.log != nil {
+		g.log.Error("disk space low: store refuses writes until space is freed", "dir", g.dir,
+			"free_bytes", g.free, "reserve_bytes", g.reserve, "err", err)
+	}
+	g.refusing, g.err = true, err
+	g.allowance = -1
+}
+
+// preallocWAL gives the memtable log with file number fid all the blocks
+// of its current size, unless it already has them. Running out of space
+// here starts refusing writes (and is retried on the next call); it is not
+// a failed sync, because nothing already written is at risk. A filesystem
+// without fallocate leaves the log sparse, guarded by the reserve alone.
+func (g *spaceGuard) preallocWAL(dir string, fid int) {
+	if g == nil || fid < 0 {
+		return
+	}
+	g.walMu.Lock()
+	defer g.walMu.Unlock()
+	if fid <= g.walDone {
+		return
+	}
+	f, err := os.OpenFile(filepath.Join(dir, fmt.Sprintf("%05d.mem", fid)), os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return // flushed and deleted meanwhile
+	}
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil {
+			const keepSize = 1 // FALLOC_FL_KEEP_SIZE: allocate, never resize
+			err = syscall.Fallocate(int(f.Fd()), keepSize, 0, fi.Size())
+		}
+		f.Close()
+	}
+	switch {
+	case err == nil:
+		g.walDone = fid
+	case errors.Is(err, syscall.ENOSPC):
+		g.mu.Lock()
+		g.refuse(fmt.Errorf("%w: no room to preallocate the memtable log %05d.mem in %s", ErrNoSpace, fid, dir))
+		g.mu.Unlock()
+	default:
+		g.walDone = fid
+		if g.log != nil {
+			g.log.Warn("cannot preallocate the memtable log; relying on the free-space reserve alone",
+				"file", fmt.Sprintf("%05d.mem", fid), "err", err)
+		}
+	}
+}
+
+func (g *spaceGuard) stats() SpaceStats {
+	if g == nil {
+		return SpaceStats{}
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return SpaceStats{Refusing: g.refusing, Free: g.free, Reserve: g.reserve, Refused: g.refused.Load()}
 }

@@ -111,6 +111,10 @@ type committer struct {
 
 	syncedWAL map[int]bool // immutable memtable WALs already fsynced
 
+	// space refuses batches while the disk is low on free space (see
+	// spaceGuard in db.go); nil for a database not opened by Open.
+	space *spaceGuard
+
 	// The read cache (see wtxn); used by the committer goroutine only.
 	cache, overlay map[string]cval
 
@@ -132,6 +136,7 @@ func newCommitter(db *badger.DB, maxBatch, maxBytes int) *committer {
 		maxBatch:  maxBatch,
 		maxBytes:  maxBytes,
 		syncedWAL: map[int]bool{},
+		space:     guardFor(db),
 	}
 	go c.run()
 	return c
@@ -232,12 +237,24 @@ func (c *committer) process(batch []*commitReq) {
 		}
 		return
 	}
+	// A batch refused for want of space fails as a whole, before anything
+	// is written; unlike a failed sync it leaves the store usable, and
+	// batches are admitted again once space is freed.
+	if err := c.space.admit(); err != nil {
+		for _, r := range batch {
+			r.err = err
+			r.finish()
+		}
+		return
+	}
 	var (
 		w         = c.begin()
 		inTxn     []*commitReq
 		bytes     int
+		written   int
 		committed []*commitReq
 	)
+	defer func() { c.space.consume(written) }()
 	commit := func() {
 		if len(inTxn) == 0 {
 			w.discard()
@@ -245,6 +262,7 @@ func (c *committer) process(batch []*commitReq) {
 		}
 		err := w.commit()
 		c.txns.Add(1)
+		written += bytes
 		if err != nil {
 			err = mapCommitErr(err)
 			for _, r := range inTxn {
@@ -483,13 +501,16 @@ func (c *committer) syncDurable() error {
 
 // syncRotatedWALs fsyncs each memtable WAL that has become immutable (a
 // newer one exists) and has not been fsynced since.
-func (c *committer) syncRotatedWALs(dir string) error { return syncRotatedWALs(dir, c.syncedWAL) }
+func (c *committer) syncRotatedWALs(dir string) error {
+	return syncRotatedWALs(dir, c.syncedWAL, c.space)
+}
 
 // syncRotatedWALs fsyncs each memtable WAL file in dir that has become
 // immutable (a newer one exists) and is not in synced, and records it
 // there; entries of files that no longer exist are dropped. DB.Sync alone
-// only syncs the current memtable's file.
-func syncRotatedWALs(dir string, synced map[int]bool) error {
+// only syncs the current memtable's file. It then has space preallocate
+// the newest (active) WAL, which it found on the way.
+func syncRotatedWALs(dir string, synced map[int]bool, space *spaceGuard) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err
@@ -533,6 +554,7 @@ func syncRotatedWALs(dir string, synced map[int]bool) error {
 			delete(synced, fid)
 		}
 	}
+	space.preallocWAL(dir, maxFid)
 	return nil
 }
 
