@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"net/http"
 	"runtime/debug"
 	"time"
@@ -27,6 +28,8 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.db.Check(); err != nil {
 		checks["store"], ok = err.Error(), false
+	} else if sp := s.db.SpaceStats(); sp.Refusing {
+		checks["store"], ok = fmt.Sprintf("refusing writes: %d bytes free, %d reserved", sp.Free, sp.Reserve), false
 	}
 	status, code := "ready", http.StatusOK
 	if !ok {

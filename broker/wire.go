@@ -133,6 +133,17 @@ func (s *Server) wireChat() error {
 			func() float64 { return float64(store.Stats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_store_commit_requests_total", Help: "Requests written by the group committer."},
 			func() float64 { return float64(store.Stats().Requests) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warbler_store_writes_refused", Help: "1 while the data dir's free space is below the reserve and writes are refused."},
+			func() float64 {
+				if s.db.SpaceStats().Refusing {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "warbler_store_free_bytes", Help: "Free space of the data dir at the last check."},
+			func() float64 { return float64(s.db.SpaceStats().Free) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_store_no_space_refusals_total", Help: "Writes refused for lack of disk space."},
+			func() float64 { return float64(s.db.SpaceStats().Refused) }),
 	)
 	return nil
 }

@@ -12,20 +12,27 @@ import (
 // survive a process crash once they return, and a power loss after the
 // next Sync.
 type KV struct {
+	d      *DB
 	db     *badger.DB
 	prefix string
 }
 
 // KV returns the view of keys under prefix.
-func (d *DB) KV(prefix string) *KV { return &KV{db: d.db, prefix: prefix} }
+func (d *DB) KV(prefix string) *KV { return &KV{d: d, db: d.db, prefix: prefix} }
 
 // Put stores val under key.
 func (k *KV) Put(key string, val []byte) error {
+	if err := k.d.CheckSpace(); err != nil {
+		return err
+	}
 	return k.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(k.prefix+key), val) })
 }
 
 // Delete removes key; a missing key is not an error.
 func (k *KV) Delete(key string) error {
+	if err := k.d.CheckSpace(); err != nil {
+		return err
+	}
 	return k.db.Update(func(txn *badger.Txn) error { return txn.Delete([]byte(k.prefix + key)) })
 }
 
@@ -37,6 +44,9 @@ func (k *KV) DeletePrefix(p string) error {
 		return nil
 	})
 	if err != nil {
+		return err
+	}
+	if err := k.d.CheckSpace(); err != nil {
 		return err
 	}
 	wb := k.db.NewWriteBatch()

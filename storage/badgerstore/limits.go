@@ -38,6 +38,9 @@ func (s *BanStore) PutBan(_ context.Context, b storage.Ban) error {
 	if err != nil {
 		return err
 	}
+	if err := s.db.CheckSpace(); err != nil {
+		return err
+	}
 	if err := s.db.db.Update(func(txn *badger.Txn) error { return txn.Set(banKey(b.Kind, b.Value), v) }); err != nil {
 		return fmt.Errorf("put ban: %w", err)
 	}
@@ -46,6 +49,9 @@ func (s *BanStore) PutBan(_ context.Context, b storage.Ban) error {
 
 // DeleteBan implements storage.BanStore.
 func (s *BanStore) DeleteBan(_ context.Context, kind, value string) error {
+	if err := s.db.CheckSpace(); err != nil {
+		return err
+	}
 	err := s.db.db.Update(func(txn *badger.Txn) error {
 		k := banKey(kind, value)
 		if _, err := txn.Get(k); err != nil {
