@@ -32,12 +32,12 @@ type ChatOptions struct {
 // ChatAPI serves the chat routes. Create it with NewChatAPI.
 type ChatAPI struct {
 	svc  *chat.Service
-	auth *IdentityAPI
+	auth authz
 }
 
 // NewChatAPI returns the chat routes.
 func NewChatAPI(o ChatOptions) *ChatAPI {
-	return &ChatAPI{svc: o.Service, auth: NewIdentityAPI(IdentityOptions{Service: o.Identity, MQTTAddr: func() string { return "" }})}
+	return &ChatAPI{svc: o.Service, auth: authz{svc: o.Identity}}
 }
 
 // Register mounts the routes on mux.

@@ -83,7 +83,7 @@ type IdentityOptions struct {
 // IdentityAPI serves the identity routes. Create it with NewIdentityAPI
 // and mount it with Register.
 type IdentityAPI struct {
-	svc      *identity.Service
+	authz
 	mqttAddr func() string
 	clientIP func(*http.Request) string
 	limit    int64
@@ -91,7 +91,7 @@ type IdentityAPI struct {
 
 // NewIdentityAPI returns the identity routes over o.Service.
 func NewIdentityAPI(o IdentityOptions) *IdentityAPI {
-	a := &IdentityAPI{svc: o.Service, mqttAddr: o.MQTTAddr, clientIP: o.ClientIP, limit: o.MaxBodyBytes}
+	a := &IdentityAPI{authz: authz{svc: o.Service}, mqttAddr: o.MQTTAddr, clientIP: o.ClientIP, limit: o.MaxBodyBytes}
 	if a.mqttAddr == nil {
 		a.mqttAddr = func() string { return "" }
 	}
@@ -141,94 +141,6 @@ func (a *IdentityAPI) Register(mux *http.ServeMux) {
 	h("POST /v1/me/totp/confirm", a.totpConfirm)
 	h("POST /v1/me/totp/disable", a.totpDisable)
 	h("POST /v1/me/recovery-codes", a.recoveryCodes)
-}
-
-// Authentication and authorization.
-
-// key returns the API key of the request, or a 401.
-func (a *IdentityAPI) key(r *http.Request) (*identity.KeyInfo, error) {
-	tok := BearerToken(r)
-	if tok == "" {
-		return nil, ErrUnauthorized
-	}
-	k, err := a.svc.VerifyKey(r.Context(), tok)
-	if err != nil {
-		if errors.Is(err, identity.ErrInvalidKey) || errors.Is(err, identity.ErrAppDisabled) {
-			return nil, ErrUnauthorized
-		}
-		return nil, err
-	}
-	return k, nil
-}
-
-// admin requires the admin key.
-func (a *IdentityAPI) admin(r *http.Request) error {
-	k, err := a.key(r)
-	if err != nil {
-		return err
-	}
-	if !k.IsAdmin() {
-		return ErrForbidden
-	}
-	return nil
-}
-
-// adminForApp requires the admin key on a route of one app. Another app's
-// key gets 404 (as everywhere), the app's own key 403.
-func (a *IdentityAPI) adminForApp(r *http.Request) (string, error) {
-	app := r.PathValue("app")
-	k, err := a.key(r)
-	if err != nil {
-		return "", err
-	}
-	if !k.IsAdmin() {
-		if k.App != app {
-			return "", ErrNotFound
-		}
-		return "", ErrForbidden
-	}
-	return app, nil
-}
-
-// forApp requires a key that may act on the app in the path with one of
-// scopes (any scope if none are given). The app must exist: an unknown
-// app, or another app's, is 404.
-func (a *IdentityAPI) forApp(r *http.Request, scopes ...string) (string, error) {
-	app := r.PathValue("app")
-	k, err := a.key(r)
-	if err != nil {
-		return "", err
-	}
-	if !k.IsAdmin() && k.App != app {
-		return "", ErrNotFound
-	}
-	if k.IsAdmin() {
-		if _, err := a.svc.GetApp(r.Context(), app); err != nil {
-			return "", mapErr(err)
-		}
-	}
-	if len(scopes) == 0 {
-		return app, nil
-	}
-	for _, s := range scopes {
-		if k.Can(app, s) {
-			return app, nil
-		}
-	}
-	return "", ErrForbidden
-}
-
-// user requires a user's access token.
-func (a *IdentityAPI) user(r *http.Request) (*identity.Claims, error) {
-	tok := BearerToken(r)
-	if tok == "" {
-		return nil, ErrUnauthorized
-	}
-	c, err := a.svc.VerifyAccess(tok)
-	if err != nil {
-		return nil, mapErr(err)
-	}
-	return c, nil
 }
 
 // mapErr turns identity errors into API errors. w, if non-nil, receives a

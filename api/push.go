@@ -54,13 +54,13 @@ type PushOptions struct {
 // PushAPI serves the push routes. Create it with NewPushAPI.
 type PushAPI struct {
 	br    *bridge.Bridge
-	auth  *IdentityAPI
+	auth  authz
 	limit int64
 }
 
 // NewPushAPI returns the push routes.
 func NewPushAPI(o PushOptions) *PushAPI {
-	p := &PushAPI{br: o.Bridge, auth: NewIdentityAPI(IdentityOptions{Service: o.Identity, MQTTAddr: func() string { return "" }}), limit: o.MaxBodyBytes}
+	p := &PushAPI{br: o.Bridge, auth: authz{svc: o.Identity}, limit: o.MaxBodyBytes}
 	if p.limit <= 0 {
 		p.limit = DefaultPushBodyLimit
 	}
