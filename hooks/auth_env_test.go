@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/warblerim/warbler/identity"
+	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/storage"
 	"github.com/warblerim/warbler/storage/badgerstore"
 )
@@ -339,20 +340,9 @@ func (e *azEnv) rawDial(addr string, o rawConn) (*rawClient, packets.Packet) {
 func (c *rawClient) write(pk packets.Packet) {
 	c.t.Helper()
 	pk.ProtocolVersion = c.version
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	}
+	b, err := mqtttest.Encode(pk)
 	if err == nil {
-		_, err = c.conn.Write(buf.Bytes())
+		_, err = c.conn.Write(b)
 	}
 	if err != nil {
 		c.t.Fatal(err)

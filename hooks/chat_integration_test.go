@@ -25,6 +25,7 @@ import (
 
 	"github.com/warblerim/warbler/chat"
 	"github.com/warblerim/warbler/hooks"
+	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/protocol"
 	"github.com/warblerim/warbler/storage/badgerstore"
 )
@@ -524,20 +525,9 @@ func dialV3(t testing.TB, addr, user, dev string) *v3 {
 func (c *v3) write(pk packets.Packet) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	}
+	b, err := mqtttest.Encode(pk)
 	if err == nil {
-		_, err = c.conn.Write(buf.Bytes())
+		_, err = c.conn.Write(b)
 	}
 	if err != nil {
 		c.t.Fatal(err)

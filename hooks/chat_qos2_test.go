@@ -2,13 +2,13 @@ package hooks_test
 
 import (
 	"bufio"
-	"bytes"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/protocol"
 )
 
@@ -24,15 +24,12 @@ func TestChatQoS2RefusalGetsPubrec(t *testing.T) {
 	defer conn.Close()
 	r := bufio.NewReader(conn)
 	write := func(pk packets.Packet) {
-		var buf bytes.Buffer
 		pk.ProtocolVersion = 5
-		switch pk.FixedHeader.Type {
-		case packets.Connect:
-			_ = pk.ConnectEncode(&buf)
-		case packets.Publish:
-			_ = pk.PublishEncode(&buf)
+		b, err := mqtttest.Encode(pk)
+		if err == nil {
+			_, err = conn.Write(b)
 		}
-		if _, err := conn.Write(buf.Bytes()); err != nil {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,8 +4,10 @@
 package mqtttest
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/gorilla/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/warblerim/warbler/internal/wsstream"
 )
@@ -223,3 +226,24 @@ type lockedConn struct {
 // Write is not one system call, such as TLS; plain TCP and wsstream
 // connections do not need it.
 func Locked(c net.Conn) net.Conn { return &lockedConn{Conn: c} }
+
+// Encode serializes a packet a raw-socket test client sends (CONNECT,
+// SUBSCRIBE, PUBLISH, PUBACK) with the broker's own encoder, at the
+// packet's ProtocolVersion.
+func Encode(pk packets.Packet) ([]byte, error) {
+	var buf bytes.Buffer
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Connect:
+		err = pk.ConnectEncode(&buf)
+	case packets.Subscribe:
+		err = pk.SubscribeEncode(&buf)
+	case packets.Publish:
+		err = pk.PublishEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
+	default:
+		err = fmt.Errorf("mqtttest: cannot encode packet type %d", pk.FixedHeader.Type)
+	}
+	return buf.Bytes(), err
+}
