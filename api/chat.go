@@ -41,7 +41,7 @@ func NewChatAPI(o ChatOptions) *ChatAPI {
 }
 
 // Register mounts the routes on mux.
-func (c *ChatAPI) Register(mux *http.ServeMux) {
+func (c *ChatAPI) Register(mux Mux) {
 	mux.Handle("GET /v1/apps/{app}/conversations/{conv}/messages", HandlerFunc(c.convMessages))
 	mux.Handle("GET /v1/apps/{app}/users/{user}/direct/{peer}/messages", HandlerFunc(c.directMessages))
 }

@@ -113,7 +113,7 @@ func remoteHost(r *http.Request) string {
 }
 
 // Register adds the identity routes to mux.
-func (a *IdentityAPI) Register(mux *http.ServeMux) {
+func (a *IdentityAPI) Register(mux Mux) {
 	h := func(pattern string, f HandlerFunc) { mux.Handle(pattern, f) }
 	h("POST /v1/apps", a.createApp)
 	h("GET /v1/apps", a.listApps)

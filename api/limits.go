@@ -63,7 +63,7 @@ func NewBansAPI(o BansOptions) *BansAPI {
 }
 
 // Register adds the ban routes to mux.
-func (a *BansAPI) Register(mux *http.ServeMux) {
+func (a *BansAPI) Register(mux Mux) {
 	mux.Handle("POST /v1/bans", HandlerFunc(a.create))
 	mux.Handle("GET /v1/bans", HandlerFunc(a.list))
 	mux.Handle("DELETE /v1/bans/{kind}/{value...}", HandlerFunc(a.remove))

@@ -68,7 +68,7 @@ func NewPushAPI(o PushOptions) *PushAPI {
 }
 
 // Register mounts the routes on mux.
-func (p *PushAPI) Register(mux *http.ServeMux) {
+func (p *PushAPI) Register(mux Mux) {
 	h := func(pattern string, f HandlerFunc) { mux.Handle(pattern, f) }
 	h("PUT /v1/apps/{app}/push/credentials/{provider}", p.putCreds)
 	h("GET /v1/apps/{app}/push/credentials/{provider}", p.getCreds)

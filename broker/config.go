@@ -136,6 +136,14 @@ type HTTPConfig struct {
 	// Pprof mounts Go's profiler at /debug/pprof/ for requests from
 	// loopback addresses only. Off by default.
 	Pprof bool `yaml:"pprof"`
+	// MaxBody caps every /v1 request body in bytes (1 MiB); routes apply
+	// smaller limits of their own. A larger body is answered 413.
+	MaxBody int64 `yaml:"max_body"`
+	// ReadTimeout bounds reading a /v1 request's body (30s); WriteTimeout
+	// bounds writing its response (60s). Headers must arrive within 10s
+	// and an idle keep-alive connection is closed after 120s.
+	ReadTimeout  Duration `yaml:"read_timeout"`
+	WriteTimeout Duration `yaml:"write_timeout"`
 }
 
 // TLSConfig names a certificate and key in PEM files. When both are set the
@@ -200,7 +208,8 @@ func Default() Config {
 				{Pattern: "w/{app}/iot/public/#", Access: "readwrite"},
 			}},
 		},
-		HTTP:   HTTPConfig{Addr: ":8080"},
+		HTTP: HTTPConfig{Addr: ":8080", MaxBody: 1 << 20,
+			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second)},
 		Chat:   ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
 		Log:    LogConfig{Level: "info"},
 		Limits: DefaultLimits(),
@@ -301,6 +310,9 @@ func (c *Config) Validate() error {
 	}
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("config: tls.cert_file and tls.key_file go together")
+	}
+	if c.HTTP.MaxBody < 0 || c.HTTP.ReadTimeout < 0 || c.HTTP.WriteTimeout < 0 {
+		return errors.New("config: http.max_body, http.read_timeout and http.write_timeout cannot be negative")
 	}
 	if c.HTTP.TLS && !c.TLS.Enabled() {
 		return errors.New("config: http.tls needs tls.cert_file and tls.key_file")

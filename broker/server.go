@@ -30,6 +30,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warblerim/warbler/api"
 	"github.com/warblerim/warbler/chat"
 	"github.com/warblerim/warbler/hooks"
 	"github.com/warblerim/warbler/identity"
@@ -70,7 +71,7 @@ type Server struct {
 	streams []*streamListener
 	ws      []*wsListener
 	httpSrv []*httpListener
-	mux     *http.ServeMux
+	mux     *api.Router
 
 	identity   *identity.Service
 	principals *hooks.Principals
@@ -106,7 +107,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, log: log, mux: api.NewRouter(api.RouterOptions{
+		MaxBodyBytes: cfg.HTTP.MaxBody, ReadTimeout: cfg.HTTP.ReadTimeout.D(), WriteTimeout: cfg.HTTP.WriteTimeout.D(),
+	})}
 	s.pushSem = make(chan struct{}, pushWorkers)
 	defer func() {
 		if err != nil {
@@ -325,6 +328,7 @@ func (s *Server) routes() {
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
 	s.mux.HandleFunc("GET /{$}", s.handleIndex)
+	api.RegisterOpenAPI(s.mux)
 	if s.cfg.HTTP.Pprof {
 		s.mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
 		s.mux.Handle("/debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
@@ -344,9 +348,10 @@ func loopbackOnly(h http.Handler) http.Handler {
 	})
 }
 
-// Mux is the HTTP request multiplexer of the main HTTP listener; other
-// packages mount their routes on it before Start.
-func (s *Server) Mux() *http.ServeMux { return s.mux }
+// Mux is the router of the main HTTP listener; other packages mount their
+// routes on it before Start. Every route under /v1 must be described in
+// the OpenAPI document (see docs/API.md).
+func (s *Server) Mux() *api.Router { return s.mux }
 
 // MQTT returns the embedded broker, for hooks that publish with its inline
 // client.
