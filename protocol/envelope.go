@@ -168,6 +168,15 @@ type Request struct {
 	Token    *string `json:"token,omitempty"`
 	Topic    string  `json:"topic,omitempty"`
 	Locale   string  `json:"locale,omitempty"`
+
+	// Group administration, presence, contacts (envelope_social.go). An
+	// invite token travels in "token".
+	Users    []string       `json:"users,omitempty"`
+	Duration int64          `json:"duration,omitempty"` // seconds
+	Uses     int            `json:"uses,omitempty"`
+	Text     string         `json:"text,omitempty"`
+	Settings *GroupSettings `json:"settings,omitempty"`
+	Presence string         `json:"presence,omitempty"`
 }
 
 // Push registration limits.
@@ -366,6 +375,9 @@ func (r *Request) validate(lim Limits) error {
 		}
 		return nil
 	}
+	if handled, err := r.validateSocial(lim); handled {
+		return err
+	}
 	return Errorf(CodeBadRequest, "op: unknown operation %q", r.Op)
 }
 
@@ -529,6 +541,8 @@ type InfoResult struct {
 	Conv    ConvInfo     `json:"conv"`
 	Members []MemberInfo `json:"members,omitempty"`
 	More    bool         `json:"more,omitempty"`
+	// Group is the administration state of a group or channel.
+	Group *GroupInfo `json:"group,omitempty"`
 }
 
 // ConvsResult answers OpConvs. Pass Next as "start" for the next page.
