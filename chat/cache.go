@@ -113,6 +113,7 @@ func (c *convCache) drop(k appConv) {
 // sharing the store.
 func (s *Service) Invalidate(app, conv string) {
 	s.cache.drop(appConv{app, conv})
+	s.groups.drop(appConv{app, conv})
 }
 
 // view returns the conversation and its members, from the cache or the

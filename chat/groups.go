@@ -135,14 +135,18 @@ func (s *Service) Add(ctx context.Context, from Sender, conv string, users []str
 	for i, u := range users {
 		ms[i] = storage.Member{User: u, Role: r, Joined: now}
 	}
-	added, err := s.store.AddMembers(ctx, from.App, conv, ms, s.o.MaxGroupSize)
+	max := s.maxMembers(ctx, from.App, conv) // the group's own limit (groupadmin.go)
+	added, err := s.store.AddMembers(ctx, from.App, conv, ms, max)
 	if errors.Is(err, storage.ErrLimit) {
-		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeFull, "%s would exceed %d members", conv, s.o.MaxGroupSize)
+		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeFull, "%s would exceed %d members", conv, max)
 	}
 	if err != nil {
 		return protocol.InfoResult{}, s.internal("add members", err)
 	}
 	s.Invalidate(from.App, conv)
+	if err := s.markJoined(ctx, cs, from.App, conv, added); err != nil {
+		return protocol.InfoResult{}, err
+	}
 	c.Members += len(added)
 	if len(added) > 0 {
 		if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "added", By: from.User, Users: added, Role: string(r)}, nil); err != nil {
@@ -312,5 +316,6 @@ func (s *Service) info(ctx context.Context, from Sender, c storage.Conversation,
 		}
 	}
 	res.Conv, err = s.convInfo(ctx, from.App, c, self)
+	res.Group = s.groupInfo(ctx, from.App, c, from.User)
 	return res, err
 }

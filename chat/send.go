@@ -161,14 +161,17 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 		v   *convView
 		err error
 	)
+	r := storage.RoleMember
 	if in.To != "" {
 		v, err = s.direct(ctx, from, in.To)
 	} else {
-		var r storage.Role
 		v, r, err = s.viewMember(ctx, from, in.Conv)
 		if err == nil && v.conv.Kind == storage.KindChannel && rank(r) < rank(storage.RoleAdmin) {
 			err = protocol.Errorf(protocol.CodeForbidden, "only admins and services may write to channel %s", v.conv.ID)
 		}
+	}
+	if err == nil {
+		err = s.checkWrite(ctx, from, v, r) // blocks and mutes (contacts.go, groupadmin.go)
 	}
 	if err == nil {
 		err = s.enqueueLocked(ctx, cs, from.App, v, protocol.Sender{User: from.User, Device: from.Device}, in.CMID, in.Type, in.Body, nil, finish)
@@ -191,6 +194,12 @@ func (s *Service) direct(ctx context.Context, from Sender, to string) (*convView
 		return nil, s.internal("read conversation", err)
 	}
 	if err := s.checkUsers(ctx, from.App, []string{to}); err != nil {
+		return nil, err
+	}
+	if blocked, err := s.blocks(ctx, from.App, to, from.User); err != nil || blocked {
+		if err == nil {
+			err = protocol.Errorf(protocol.CodeBlocked, "%s does not accept your messages", to)
+		}
 		return nil, err
 	}
 	now := s.now().UnixMilli()

@@ -92,6 +92,15 @@ type Options struct {
 	// delivery goroutine, so it must hand slow work off (the push bridge
 	// does its lookups and writes elsewhere).
 	OnStored func(app string, msg protocol.Message, recipients []string)
+
+	// Records keeps group settings, invites, contacts, blocks, privacy and
+	// last-seen times; nil uses Store if it implements
+	// storage.ChatRecords. Without either those features answer
+	// "unavailable".
+	Records storage.ChatRecords
+	// TypingInterval is the least time between two typing notices of one
+	// user in one conversation that are forwarded (default 3 s).
+	TypingInterval time.Duration
 }
 
 // Devices registers push tokens for devices; the identity service
@@ -131,6 +140,8 @@ type Service struct {
 	claims  map[claimKey]*claim // cmids whose append is queued
 
 	sent, dups, conflicts, denied atomic.Uint64
+
+	social
 }
 
 // convState sequences one conversation. mu serialises the assignment of
@@ -202,6 +213,7 @@ func New(o Options) (*Service, error) {
 	if o.SendRate > 0 {
 		s.quota = newLimiter(o.SendRate, float64(o.SendBurst))
 	}
+	s.initSocial()
 	return s, nil
 }
 
@@ -259,6 +271,9 @@ func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) 
 		}
 		return s.o.Devices.RegisterPush(ctx, from.App, from.User, from.Device, PushRegistration{
 			Platform: r.Platform, Token: *r.Token, Topic: r.Topic, Locale: r.Locale})
+	}
+	if res, ok, err := s.handleSocial(ctx, from, r); ok {
+		return res, err
 	}
 	return nil, protocol.Errorf(protocol.CodeBadRequest, "op: unknown operation %q", r.Op)
 }

@@ -103,6 +103,13 @@ func (s *Service) Sync(ctx context.Context, from Sender, cursors map[string]uint
 		if c, ok := cursors[id]; ok {
 			pos = c
 		}
+		// History visibility (groupadmin.go): skip what came before the
+		// user joined.
+		if floor, err := s.visibleFrom(ctx, from.App, id, from.User); err != nil {
+			return res, err
+		} else if floor > 0 && pos < floor-1 {
+			pos = floor - 1
+		}
 		res.Cursors[id] = pos
 		var last uint64
 		if first {
@@ -162,6 +169,17 @@ func (s *Service) History(ctx context.Context, from Sender, conv string, before,
 	if _, _, err := s.viewMember(ctx, from, conv); err != nil {
 		return protocol.HistoryResult{}, err
 	}
+	// History visibility (groupadmin.go): nothing before floor.
+	floor, err := s.visibleFrom(ctx, from.App, conv, from.User)
+	if err != nil {
+		return protocol.HistoryResult{}, err
+	}
+	if floor > 1 && after > 0 && after < floor-1 {
+		after = floor - 1
+	}
+	if floor > 0 && before > 0 && before <= floor {
+		return protocol.HistoryResult{Conv: conv, Messages: []json.RawMessage{}}, nil
+	}
 	if limit <= 0 {
 		limit = 50
 	}
@@ -197,6 +215,18 @@ func (s *Service) History(ctx context.Context, from Sender, conv string, before,
 			break
 		}
 		bytes += len(e.Data)
+	}
+	if floor > 0 {
+		kept := es[:0]
+		for _, e := range es {
+			if e.Seq >= floor {
+				kept = append(kept, e)
+			}
+		}
+		if len(kept) < len(es) && !forward {
+			res.More = false
+		}
+		es = kept
 	}
 	if !forward {
 		slices.Reverse(es)

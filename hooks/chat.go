@@ -155,7 +155,7 @@ func (h *Chat) ID() string { return "warbler-chat" }
 
 // Provides implements mqtt.Hook.
 func (h *Chat) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnPublishDropped || b == mqtt.OnDisconnect
+	return b == mqtt.OnPublish || b == mqtt.OnPublishDropped || b == mqtt.OnDisconnect || b == mqtt.OnSessionEstablished
 }
 
 // Init implements mqtt.Hook; config must be a *ChatOptions.
@@ -365,7 +365,7 @@ func (h *Chat) serve(cl *mqtt.Client, pk packets.Packet, t protocol.Topic, async
 		fail(herr, true)
 		return
 	}
-	if req.Op != protocol.OpSend || explicit || req.RID != "" {
+	if !quietOp(req.Op) || explicit || req.RID != "" {
 		h.reply(dev, corr, protocol.Reply{Kind: protocol.KindReply, Op: echo.Op, RID: echo.RID, CMID: echo.CMID, Result: result})
 	}
 	if reported.CompareAndSwap(false, true) {
@@ -377,6 +377,7 @@ func (h *Chat) serve(cl *mqtt.Client, pk packets.Packet, t protocol.Topic, async
 // Publishes of it still in progress finish (their acks go nowhere).
 func (h *Chat) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.uplinks.Delete(cl)
+	h.presenceDown(cl)
 }
 
 func (h *Chat) uplink(cl *mqtt.Client) *uplink {
@@ -661,11 +662,11 @@ func reasonFor(err error) packets.Code {
 	switch pe.Code {
 	case protocol.CodeBadRequest, protocol.CodeTooLarge:
 		return packets.ErrPayloadFormatInvalid // 0x99
-	case protocol.CodeNotMember, protocol.CodeForbidden:
+	case protocol.CodeNotMember, protocol.CodeForbidden, protocol.CodeBlocked, protocol.CodeMuted:
 		return packets.ErrNotAuthorized // 0x87
 	case protocol.CodeQuota:
 		return packets.ErrQuotaExceeded // 0x97
-	case protocol.CodeNotFound, protocol.CodeExists, protocol.CodeFull:
+	case protocol.CodeNotFound, protocol.CodeExists, protocol.CodeFull, protocol.CodeExpired:
 		return packets.ErrImplementationSpecificError // 0x83
 	}
 	return packets.ErrUnspecifiedError // 0x80: internal, unavailable
