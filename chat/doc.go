@@ -1,7 +1,10 @@
 // Package chat is Warbler's chat domain: conversations (direct, group,
 // channel), their members and roles, sending with gap-free per-conversation
 // sequence numbers and idempotent retries, sync and history, receipts,
-// retention and send quotas. It owns the meaning of the chat envelope
+// retention and send quotas; group administration (mutes, settings,
+// announcements, invites, join requests, history visibility), typing
+// notices, presence, and contacts and blocks (see social.go and the files
+// it names). It owns the meaning of the chat envelope
 // (protocol.Request in, protocol.Message/Receipt out) and nothing about
 // MQTT: persistence is a storage.ChatStore and fan-out is a Deliverer, both
 // small interfaces, so the same Service runs behind the MQTT hook, the HTTP

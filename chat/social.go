@@ -2,7 +2,8 @@ package chat
 
 // Group administration, typing, presence, and contacts and blocks share
 // this file's plumbing: the keyed records they keep (storage.ChatRecords),
-// their per-process state, and the dispatch of their ops.
+// their per-process state, and the dispatch of their ops. The features
+// themselves are in groupadmin.go, typing.go, presence.go and contacts.go.
 //
 // Records (keys of storage.ChatRecords; IDs never contain '/'):
 //
