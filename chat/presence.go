@@ -257,7 +257,13 @@ func (s *Service) WatchPresence(ctx context.Context, from Sender, users []string
 		h := &s.presence
 		h.mu.Lock()
 		h.unwatchLocked(d)
-		if len(visible) > 0 {
+		connected := false
+		for _, dev := range h.conns[appUser{from.App, from.User}] {
+			connected = connected || dev == from.Device
+		}
+		// Only a connected device can be told of changes, and only its
+		// disconnect ends the watch.
+		if connected && len(visible) > 0 {
 			h.watching[d] = visible
 			for _, u := range visible {
 				k := appUser{from.App, u}
