@@ -101,6 +101,12 @@ type AppendBatch struct {
 	Entries []LogEntry
 	Dedupe  []Dedupe
 	Reads   []ReadMark
+	// Updates rewrite entries already in the log (same conversation, same
+	// seq, new Data): the message an edit, recall or reaction appended in
+	// Entries acts on. They become durable with the rest of the batch or
+	// not at all. An update of an entry that is not in the log (trimmed by
+	// retention) fails the batch with ErrNotFound.
+	Updates []LogEntry
 }
 
 // MessageLog is the per-conversation message log.

@@ -60,7 +60,7 @@ func durableKey(app, conv string) string { return app + "/" + conv }
 
 // Append implements storage.MessageLog.
 func (s *ChatStore) Append(ctx context.Context, app string, b storage.AppendBatch) error {
-	if len(b.Entries) == 0 && len(b.Dedupe) == 0 && len(b.Reads) == 0 {
+	if len(b.Entries) == 0 && len(b.Dedupe) == 0 && len(b.Reads) == 0 && len(b.Updates) == 0 {
 		return nil
 	}
 	prepare, after, err := s.appendReq(app, b)
@@ -83,7 +83,7 @@ func (s *ChatStore) AppendAsync(ctx context.Context, app string, b storage.Appen
 // it: prepare checks that each conversation continues at its head and
 // produces the writes; after publishes the new durable marks.
 func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*wtxn) ([]writeOp, error), func(), error) {
-	for _, e := range b.Entries {
+	for _, e := range append(b.Entries[:len(b.Entries):len(b.Entries)], b.Updates...) {
 		if e.Seq == 0 || len(e.Sender) > 255 {
 			return nil, nil, fmt.Errorf("append %s: seq must be positive and sender at most 255 bytes", e.Conv)
 		}
@@ -108,6 +108,22 @@ func (s *ChatStore) appendReq(app string, b storage.AppendBatch) (func(*wtxn) ([
 		}
 		for conv, head := range heads {
 			ws = append(ws, writeOp{key: headKey(app, conv), val: u64(head)})
+		}
+		for _, e := range b.Updates {
+			// The entry must still be there (retention may have trimmed
+			// it). Read past the committer's cache: log values are large
+			// and read once.
+			k := logKey(app, e.Conv, e.Seq)
+			if v, ok := w.overlay[string(k)]; ok {
+				if !v.found {
+					return nil, fmt.Errorf("update %s/%d: %w", e.Conv, e.Seq, storage.ErrNotFound)
+				}
+			} else if _, err := w.txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+				return nil, fmt.Errorf("update %s/%d: %w", e.Conv, e.Seq, storage.ErrNotFound)
+			} else if err != nil {
+				return nil, err
+			}
+			ws = append(ws, writeOp{key: k, val: encodeEntry(e)})
 		}
 		for _, d := range b.Dedupe {
 			r := dedupeRec{Conv: d.Record.Conv, ID: d.Record.ID, Seq: d.Record.Seq, TS: d.Record.TS}
