@@ -177,6 +177,16 @@ type Request struct {
 	Text     string         `json:"text,omitempty"`
 	Settings *GroupSettings `json:"settings,omitempty"`
 	Presence string         `json:"presence,omitempty"`
+
+	// Message operations and calls (msgops.go). id and seq name the
+	// message an edit, recall or reaction acts on.
+	ID         string      `json:"id,omitempty"`
+	ReplyTo    *Ref        `json:"reply_to,omitempty"`    // send: the message replied to
+	Mentions   []string    `json:"mentions,omitempty"`    // send: users mentioned
+	MentionAll bool        `json:"mention_all,omitempty"` // send: @all (admins and owners)
+	Src        *Ref        `json:"src,omitempty"`         // forward: the message copied
+	Emoji      string      `json:"emoji,omitempty"`       // react, unreact
+	Call       *CallSignal `json:"call,omitempty"`        // call
 }
 
 // Push registration limits.
@@ -291,7 +301,7 @@ func (r *Request) validate(lim Limits) error {
 		if len(r.Body) > lim.MaxBody {
 			return Errorf(CodeTooLarge, "body of %d bytes exceeds %d", len(r.Body), lim.MaxBody)
 		}
-		return nil
+		return r.validateSendExtras()
 	case OpCreate:
 		if r.Kind != ConvGroup && r.Kind != ConvChannel {
 			return Errorf(CodeBadRequest, "kind: must be %q or %q", ConvGroup, ConvChannel)
@@ -376,6 +386,9 @@ func (r *Request) validate(lim Limits) error {
 		return nil
 	}
 	if handled, err := r.validateSocial(lim); handled {
+		return err
+	}
+	if err, ok := r.validateMsgOp(lim); ok {
 		return err
 	}
 	return Errorf(CodeBadRequest, "op: unknown operation %q", r.Op)
@@ -471,7 +484,26 @@ type Message struct {
 	From Sender          `json:"from"`
 	CMID string          `json:"cmid,omitempty"`
 	Type string          `json:"type"`
-	Body json.RawMessage `json:"body"`
+	Body json.RawMessage `json:"body,omitempty"` // absent once recalled
+
+	// References and mentions, set when the message is sent.
+	Ref        *Ref       `json:"ref,omitempty"`      // edit, recall, reaction events: the message acted on
+	ReplyTo    *Ref       `json:"reply_to,omitempty"` // a reply: the message replied to (with its author)
+	Forwarded  *Forwarded `json:"forwarded,omitempty"`
+	Mentions   []string   `json:"mentions,omitempty"`
+	MentionAll bool       `json:"mention_all,omitempty"`
+	// Prev is the body an edit event replaced (edit events only).
+	Prev json.RawMessage `json:"prev,omitempty"`
+
+	// The message's state, rewritten in the stored copy by later events
+	// (see msgops.go): what history and sync return.
+	Edited     bool       `json:"edited,omitempty"`
+	EditedTS   int64      `json:"edited_ts,omitempty"`
+	Edits      []uint64   `json:"edits,omitempty"` // seqs of the edit events, oldest first
+	Recalled   bool       `json:"recalled,omitempty"`
+	RecalledBy string     `json:"recalled_by,omitempty"`
+	RecalledTS int64      `json:"recalled_ts,omitempty"`
+	Reactions  []Reaction `json:"reactions,omitempty"`
 }
 
 // Receipt tells the author (and the reader's other devices) how far a member
