@@ -64,4 +64,13 @@
 // broadcast topic instead (w/{app}/b/{conv}); that scales to large
 // audiences but members must subscribe to that topic, and the ACL must
 // allow it only to members. Either way sync and history work the same.
+//
+// # Operations on messages, and calls
+//
+// Edits, recalls and reactions are events in the log that name the message
+// they act on, written in one durable batch with the message's stored copy
+// rewritten to its new state; replies, forwards and mentions are checked
+// and set at send time (msgops.go). Calls are a state machine per call ID
+// whose state changes are logged and whose WebRTC negotiation is relayed
+// device to device without being stored (calls.go).
 package chat

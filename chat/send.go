@@ -15,6 +15,13 @@ import (
 type SendRequest struct {
 	Conv, To, CMID, Type string
 	Body                 json.RawMessage
+	// ReplyTo names a message of the same conversation this one replies
+	// to; Mentions and MentionAll mention members (see msgops.go).
+	ReplyTo    *protocol.Ref
+	Mentions   []string
+	MentionAll bool
+
+	forwarded *protocol.Forwarded // set by Forward
 }
 
 // maxAppendAttempts bounds the retries of an append that lost a race with
@@ -95,7 +102,7 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 	case !protocol.ValidID(in.CMID):
 		done(protocol.Ack{}, protocol.Errorf(protocol.CodeBadRequest, "cmid: %s", protocol.ErrBadID))
 		return
-	case !protocol.ValidType(in.Type) || in.Type == protocol.TypeSystem:
+	case !protocol.ValidType(in.Type) || protocol.ReservedType(in.Type):
 		done(protocol.Ack{}, protocol.Errorf(protocol.CodeBadRequest, "type: invalid or reserved message type %q", in.Type))
 		return
 	case len(in.Body) == 0 || !json.Valid(in.Body):
@@ -170,11 +177,15 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 			err = protocol.Errorf(protocol.CodeForbidden, "only admins and services may write to channel %s", v.conv.ID)
 		}
 	}
+	var opts []enqOpt
 	if err == nil {
 		err = s.checkWrite(ctx, from, v, r) // blocks and mutes (contacts.go, groupadmin.go)
 	}
 	if err == nil {
-		err = s.enqueueLocked(ctx, cs, from.App, v, protocol.Sender{User: from.User, Device: from.Device}, in.CMID, in.Type, in.Body, nil, finish)
+		opts, err = s.sendExtras(ctx, from, v, in)
+	}
+	if err == nil {
+		err = s.enqueueLocked(ctx, cs, from.App, v, protocol.Sender{User: from.User, Device: from.Device}, in.CMID, in.Type, in.Body, nil, finish, opts...)
 	}
 	cs.mu.Unlock()
 	if err != nil {
@@ -238,7 +249,10 @@ type pending struct {
 // an error, nothing was queued and done will not be called. The caller
 // holds cs.mu; the seq is assigned and the append queued under it, so the
 // store receives a conversation's appends in seq order.
-func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, v *convView, from protocol.Sender, cmid, typ string, body json.RawMessage, extra []string, done func(protocol.Ack, error)) error {
+//
+// opts set the message's other fields and may add entries the append
+// rewrites (see enqOpt).
+func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, v *convView, from protocol.Sender, cmid, typ string, body json.RawMessage, extra []string, done func(protocol.Ack, error), opts ...enqOpt) error {
 	c := v.conv
 	if cs.loaded && cs.failedGen.Load() >= cs.gen {
 		// An append of this generation failed, so every one queued after
@@ -265,6 +279,10 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 		Type: typ,
 		Body: body,
 	}
+	q := enqueueing{msg: &msg}
+	for _, o := range opts {
+		o(&q)
+	}
 	data, err := json.Marshal(msg)
 	if err != nil {
 		return protocol.Errorf(protocol.CodeBadRequest, "body: %v", err)
@@ -280,12 +298,17 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 			TTL:    s.o.DedupeTTL,
 		}}
 	}
+	if q.updates != nil {
+		if b.Updates, err = q.updates(&msg); err != nil {
+			return err
+		}
+	}
 	p := &pending{
 		s: s, cs: cs, gen: cs.gen, app: app, kind: c.Kind, users: v.users, extra: extra, data: data,
 		ack:  protocol.Ack{ID: msg.ID, Conv: c.ID, Seq: msg.Seq, TS: msg.TS},
 		done: done,
 	}
-	if s.o.OnStored != nil && typ != protocol.TypeSystem {
+	if s.o.OnStored != nil && typ != protocol.TypeSystem && !q.noPush {
 		p.msg = &msg
 	}
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {

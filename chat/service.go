@@ -101,6 +101,15 @@ type Options struct {
 	// TypingInterval is the least time between two typing notices of one
 	// user in one conversation that are forwarded (default 3 s).
 	TypingInterval time.Duration
+
+	// RecallWindow returns how long after sending a message its sender may
+	// recall it, per app: 0 means DefaultRecallWindow, negative means
+	// senders may not recall (admins and owners of groups and channels,
+	// and services, may recall any time). nil uses the default everywhere.
+	RecallWindow func(app string) time.Duration
+	// CallRingTimeout is how long a call rings before it ends as missed
+	// (default 45 s).
+	CallRingTimeout time.Duration
 }
 
 // Devices registers push tokens for devices; the identity service
@@ -142,6 +151,8 @@ type Service struct {
 	sent, dups, conflicts, denied atomic.Uint64
 
 	social
+
+	calls callTable // calls in progress (calls.go)
 }
 
 // convState sequences one conversation. mu serialises the assignment of
@@ -240,7 +251,7 @@ func (s *Service) conv(app, conv string) *convState {
 func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) (any, error) {
 	switch r.Op {
 	case protocol.OpSend:
-		return s.Send(ctx, from, SendRequest{Conv: r.Conv, To: r.To, CMID: r.CMID, Type: r.Type, Body: r.Body})
+		return s.Send(ctx, from, SendRequestOf(r))
 	case protocol.OpCreate:
 		return s.Create(ctx, from, CreateRequest{Conv: r.Conv, Kind: r.Kind, Name: r.Name, Members: r.Members})
 	case protocol.OpAdd:
@@ -273,6 +284,9 @@ func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) 
 			Platform: r.Platform, Token: *r.Token, Topic: r.Topic, Locale: r.Locale})
 	}
 	if res, ok, err := s.handleSocial(ctx, from, r); ok {
+		return res, err
+	}
+	if res, ok, err := s.handleMsgOp(ctx, from, r); ok {
 		return res, err
 	}
 	return nil, protocol.Errorf(protocol.CodeBadRequest, "op: unknown operation %q", r.Op)

@@ -38,8 +38,8 @@ type social struct {
 
 // DeviceDeliverer is implemented by a Deliverer that can reach one device
 // (its device topic) rather than every device of a user. Presence events go
-// to the devices that asked for them; without it they go to the user's
-// downlink.
+// to the devices that asked for them, and call signals to the device in the
+// call (calls.go); without it they go to the user's downlink.
 type DeviceDeliverer interface {
 	DeliverDevice(app, user, device string, payload []byte)
 }

@@ -344,7 +344,7 @@ func (h *Chat) serve(cl *mqtt.Client, pk packets.Packet, t protocol.Topic, async
 		// The reply (if asked for) and the outcome wait until the message
 		// is durable; the client's next publish is read meanwhile.
 		wantReply := explicit || req.RID != ""
-		h.svc.SendAsync(ctx, from, chat.SendRequest{Conv: req.Conv, To: req.To, CMID: req.CMID, Type: req.Type, Body: req.Body}, func(ack protocol.Ack, err error) {
+		h.svc.SendAsync(ctx, from, chat.SendRequestOf(req), func(ack protocol.Ack, err error) {
 			if err != nil {
 				h.reply(dev, corr, errorReply(echo, err))
 				fail(err, false)
@@ -662,11 +662,11 @@ func reasonFor(err error) packets.Code {
 	switch pe.Code {
 	case protocol.CodeBadRequest, protocol.CodeTooLarge:
 		return packets.ErrPayloadFormatInvalid // 0x99
-	case protocol.CodeNotMember, protocol.CodeForbidden, protocol.CodeBlocked, protocol.CodeMuted:
+	case protocol.CodeNotMember, protocol.CodeForbidden, protocol.CodeBlocked, protocol.CodeMuted, protocol.CodeTooLate:
 		return packets.ErrNotAuthorized // 0x87
 	case protocol.CodeQuota:
 		return packets.ErrQuotaExceeded // 0x97
-	case protocol.CodeNotFound, protocol.CodeExists, protocol.CodeFull, protocol.CodeExpired:
+	case protocol.CodeNotFound, protocol.CodeExists, protocol.CodeFull, protocol.CodeExpired, protocol.CodeBadState:
 		return packets.ErrImplementationSpecificError // 0x83
 	}
 	return packets.ErrUnspecifiedError // 0x80: internal, unavailable
