@@ -68,7 +68,7 @@ func (s *Server) onStored(app string, msg protocol.Message, recipients []string)
 	s.pushWG.Add(1)
 	go func() {
 		defer func() { <-s.pushSem; s.pushWG.Done() }()
-		if _, err := s.bridge.MessageStored(context.Background(), app, msg, recipients); err != nil {
+		if _, err := s.bridge.MessageStored(context.Background(), app, msg, recipients, pushOptions(msg)...); err != nil {
 			s.pushErrs.Add(1)
 			s.log.Error("push: could not queue notifications", "app", app, "conv", msg.Conv, "seq", msg.Seq, "error", err)
 		}

@@ -86,6 +86,7 @@ func (s *Server) wireChat() error {
 		SendBurst:    s.cfg.Chat.SendBurst,
 		Devices:      devices{s.identity},
 		OnStored:     s.onStored,
+		RecallWindow: func(app string) time.Duration { return s.identity.AppRecallWindow(context.Background(), app) },
 		Retention: func(app string) chat.Retention {
 			days, msgs := s.identity.AppRetention(context.Background(), app)
 			return chat.Retention{MaxAge: time.Duration(days) * 24 * time.Hour, MaxMessages: msgs}

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -358,7 +359,23 @@ func checkSettings(app string, st storage.AppSettings) error {
 	if st.RetentionMessages < 0 {
 		return invalid("retention_messages", "must be 0 (all) or positive")
 	}
+	if st.RecallSeconds < -1 || st.RecallSeconds > 366*24*3600 {
+		return invalid("recall_seconds", "must be -1 (senders may not recall), 0 (the default, 120) or up to a year")
+	}
 	return nil
+}
+
+// AppRecallWindow returns how long a sender may recall a message in app:
+// 0 for the default, negative if senders may not.
+func (s *Service) AppRecallWindow(ctx context.Context, app string) time.Duration {
+	a, err := s.GetApp(ctx, app)
+	if err != nil {
+		return 0
+	}
+	if a.Settings.RecallSeconds < 0 {
+		return -1
+	}
+	return time.Duration(a.Settings.RecallSeconds) * time.Second
 }
 
 // AppRetention returns the chat retention settings of an app (zero values

@@ -57,6 +57,10 @@ type AppSettings struct {
 	// RetentionMessages keeps at most this many of the newest messages of
 	// each conversation; 0 keeps all.
 	RetentionMessages int `json:"retention_messages,omitempty"`
+	// RecallSeconds is how long after sending a message its sender may
+	// recall it: 0 means the default (120 s), -1 that senders may not
+	// (group admins and owners still may).
+	RecallSeconds int `json:"recall_seconds,omitempty"`
 }
 
 // TopicRule is one pattern rule in the style of mosquitto's ACL patterns,
