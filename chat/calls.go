@@ -135,6 +135,11 @@ func (s *Service) Call(ctx context.Context, from Sender, conv, to string, sig pr
 	if v.conv.Kind != storage.KindDirect {
 		return res, protocol.Errorf(protocol.CodeBadRequest, "calls are between two users: use their direct conversation")
 	}
+	if sig.Action == protocol.CallRing {
+		if err := s.checkWrite(ctx, from, v, storage.RoleMember); err != nil {
+			return res, err // a blocked user cannot ring
+		}
+	}
 	now := s.now()
 
 	if sig.Action == protocol.CallRing {

@@ -103,11 +103,22 @@ func errNoMessage(conv string, seq uint64) error {
 	return protocol.Errorf(protocol.CodeNotFound, "message %d of %s does not exist (or retention removed it)", seq, conv)
 }
 
-// target reads message seq of conv from the log and checks that its ID is
-// id. It refuses events (system, edit, ...), which are not messages one
-// can act on.
-func (s *Service) target(ctx context.Context, app, conv, id string, seq uint64) (storage.LogEntry, protocol.Message, error) {
+// target reads message seq of conv from the log for from and checks that
+// its ID is id. It refuses events (system, edit, ...), which are not
+// messages one can act on, and messages the group's history visibility
+// hides from the caller (as not_found, like missing ones).
+func (s *Service) target(ctx context.Context, from Sender, conv, id string, seq uint64) (storage.LogEntry, protocol.Message, error) {
 	var m protocol.Message
+	app := from.App
+	if !from.Service {
+		floor, err := s.visibleFrom(ctx, app, conv, from.User)
+		if err != nil {
+			return storage.LogEntry{}, m, err
+		}
+		if seq < floor {
+			return storage.LogEntry{}, m, errNoMessage(conv, seq)
+		}
+	}
 	es, err := s.store.Range(ctx, app, conv, seq, true, 1)
 	if err != nil {
 		return storage.LogEntry{}, m, s.internal("read log", err)
@@ -157,7 +168,7 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 		if err != nil {
 			return res, err
 		}
-		entry, orig, err := s.target(ctx, from.App, conv, id, seq)
+		entry, orig, err := s.target(ctx, from, conv, id, seq)
 		if err != nil {
 			return res, err
 		}
@@ -221,7 +232,10 @@ func (s *Service) Edit(ctx context.Context, from Sender, conv, id string, seq ui
 	if len(body) > maxBody {
 		return protocol.OpResult{}, protocol.Errorf(protocol.CodeTooLarge, "body of %d bytes exceeds %d", len(body), maxBody)
 	}
-	return s.mutate(ctx, from, conv, id, seq, func(v *convView, _ storage.Role, m *protocol.Message) (*change, error) {
+	return s.mutate(ctx, from, conv, id, seq, func(v *convView, role storage.Role, m *protocol.Message) (*change, error) {
+		if err := s.checkWrite(ctx, from, v, role); err != nil {
+			return nil, err // blocked or muted: editing is writing
+		}
 		switch {
 		case m.From.User != from.User:
 			return nil, protocol.Errorf(protocol.CodeForbidden, "only the sender may edit a message")
@@ -319,7 +333,12 @@ func (s *Service) React(ctx context.Context, from Sender, conv, id string, seq u
 	if !protocol.ValidEmoji(emoji) {
 		return protocol.OpResult{}, protocol.Errorf(protocol.CodeBadRequest, "emoji: 1-%d bytes of UTF-8 without spaces or control characters", protocol.MaxEmojiBytes)
 	}
-	return s.mutate(ctx, from, conv, id, seq, func(v *convView, _ storage.Role, m *protocol.Message) (*change, error) {
+	return s.mutate(ctx, from, conv, id, seq, func(v *convView, role storage.Role, m *protocol.Message) (*change, error) {
+		if add {
+			if err := s.checkWrite(ctx, from, v, role); err != nil {
+				return nil, err // blocked or muted; taking one back is always allowed
+			}
+		}
 		if m.Recalled {
 			return nil, protocol.Errorf(protocol.CodeBadState, "message %d of %s was recalled", seq, conv)
 		}
@@ -378,7 +397,7 @@ func (s *Service) Forward(ctx context.Context, from Sender, in SendRequest, src 
 	if _, _, err := s.viewMember(ctx, from, src.Conv); err != nil {
 		return protocol.Ack{}, err
 	}
-	_, m, err := s.target(ctx, from.App, src.Conv, src.ID, src.Seq)
+	_, m, err := s.target(ctx, from, src.Conv, src.ID, src.Seq)
 	if err != nil {
 		return protocol.Ack{}, err
 	}
@@ -405,7 +424,7 @@ func (s *Service) sendExtras(ctx context.Context, from Sender, v *convView, in S
 		if r.Conv != "" && r.Conv != v.conv.ID {
 			return nil, protocol.Errorf(protocol.CodeBadRequest, "reply_to: a reply is to a message of the same conversation")
 		}
-		_, m, err := s.target(ctx, from.App, v.conv.ID, r.ID, r.Seq)
+		_, m, err := s.target(ctx, from, v.conv.ID, r.ID, r.Seq)
 		if err != nil {
 			return nil, err
 		}

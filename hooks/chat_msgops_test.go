@@ -356,3 +356,42 @@ func TestMsgOpsReplyForwardReactions(t *testing.T) {
 	bad["emoji"] = "one-too-many"
 	ben.refused(bad, "full", packets.ErrImplementationSpecificError.Code)
 }
+
+// Blocks, mutes and history visibility apply to message operations: a
+// blocked user can neither react nor ring in the blocker's direct
+// conversation, a muted member cannot edit, and a member who joined a
+// "history: join" group cannot reach earlier messages by reply, forward or
+// reaction (not_found, as if they did not exist).
+func TestMsgOpsBlocksMutesVisibility(t *testing.T) {
+	b := startBroker(t, nil)
+	ann := connect(t, "mqtt://"+b.tcp, "ann", "phone")
+	mal := connect(t, "mqtt://"+b.tcp, "mal", "phone")
+	neu := connect(t, "mqtt://"+b.tcp, "neu", "phone")
+	m := result(t, ann.request(send("", "mal", "d1", "hi")))
+	mine := result(t, mal.request(send("", "ann", "d2", "hello")))
+	result(t, ann.request(map[string]any{"op": "block", "users": []string{"mal"}}))
+	mal.refused(map[string]any{"op": "react", "conv": m["conv"], "id": m["id"], "seq": m["seq"], "emoji": "👎"}, "blocked", packets.ErrNotAuthorized.Code)
+	mal.refused(map[string]any{"op": "edit", "conv": m["conv"], "id": mine["id"], "seq": mine["seq"], "body": "x"}, "blocked", packets.ErrNotAuthorized.Code)
+	mal.refused(callReq("ann", "c1", "ring", nil), "blocked", packets.ErrNotAuthorized.Code)
+	// Taking back what one sent stays possible.
+	result(t, mal.request(map[string]any{"op": "recall", "conv": m["conv"], "id": mine["id"], "seq": mine["seq"]}))
+
+	result(t, ann.request(map[string]any{"op": "create", "kind": "group", "conv": "g", "members": []string{"mal"}}))
+	result(t, ann.request(map[string]any{"op": "settings", "conv": "g", "settings": map[string]any{"history": "join"}}))
+	old := result(t, ann.request(send("g", "", "g1", "before neu")))
+	gm := result(t, mal.request(send("g", "", "g2", "mal's")))
+	result(t, ann.request(map[string]any{"op": "mute", "conv": "g", "users": []string{"mal"}}))
+	mal.refused(map[string]any{"op": "edit", "conv": "g", "id": gm["id"], "seq": gm["seq"], "body": "x"}, "muted", packets.ErrNotAuthorized.Code)
+
+	result(t, ann.request(map[string]any{"op": "add", "conv": "g", "members": []string{"neu"}}))
+	ref := map[string]any{"id": old["id"], "seq": old["seq"]}
+	rp := send("g", "", "n1", "what did I miss?")
+	rp["reply_to"] = ref
+	neu.refused(rp, "not_found", packets.ErrImplementationSpecificError.Code)
+	neu.refused(map[string]any{"op": "react", "conv": "g", "id": old["id"], "seq": old["seq"], "emoji": "👀"}, "not_found", packets.ErrImplementationSpecificError.Code)
+	neu.refused(map[string]any{"op": "forward", "to": "ann", "cmid": "f", "src": map[string]any{"conv": "g", "id": old["id"], "seq": old["seq"]}}, "not_found", packets.ErrImplementationSpecificError.Code)
+	// What came after the join is theirs to use.
+	after := result(t, ann.request(send("g", "", "g3", "welcome")))
+	rp["cmid"], rp["reply_to"] = "n2", map[string]any{"id": after["id"], "seq": after["seq"]}
+	result(t, neu.request(rp))
+}
