@@ -813,6 +813,9 @@ func (s *Service) Approve(ctx context.Context, from Sender, conv string, users [
 	if err != nil {
 		return protocol.InfoResult{}, err
 	}
+	for _, u := range ok { // also those who became members meanwhile
+		_ = s.records.PutRecord(ctx, from.App, "jr/"+conv+"/"+u, nil)
+	}
 	c.Members += len(added)
 	if len(added) > 0 {
 		if err := s.system(ctx, cs, from.App, c, from.User, adminEvent{Event: "joined", By: from.User, Users: added, Via: "approval"}, nil); err != nil {
