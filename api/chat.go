@@ -44,6 +44,7 @@ func NewChatAPI(o ChatOptions) *ChatAPI {
 func (c *ChatAPI) Register(mux Mux) {
 	mux.Handle("GET /v1/apps/{app}/conversations/{conv}/messages", HandlerFunc(c.convMessages))
 	mux.Handle("GET /v1/apps/{app}/users/{user}/direct/{peer}/messages", HandlerFunc(c.directMessages))
+	c.registerConversations(mux)
 }
 
 type messagesView struct {
@@ -130,6 +131,8 @@ func chatErr(err error) error {
 		status = http.StatusInternalServerError
 	case protocol.CodeTooLarge:
 		status = http.StatusRequestEntityTooLarge
+	case protocol.CodeExists, protocol.CodeFull:
+		status = http.StatusConflict
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
 		status = http.StatusServiceUnavailable

@@ -31,6 +31,8 @@ package api
 //	DELETE /v1/apps/{app}/users/{user}                   "users"  disables and revokes; the ID stays taken
 //	PUT    /v1/apps/{app}/users/{user}/devices/{device}      {platform, push_token, push_topic, locale}  "users" or "push"
 //	GET    /v1/apps/{app}/users/{user}/devices           "users" or "push"
+//	GET    /v1/apps/{app}/users/{user}/devices/{device}  "users" or "push"
+//	DELETE /v1/apps/{app}/users/{user}/devices/{device}  "users" or "push"  forgets it and its push token
 //	POST   /v1/apps/{app}/tokens                         "users"  MQTT credentials for a user's device
 //	POST   /v1/apps/{app}/login                          public   password (+ TOTP or recovery code)
 //	POST   /v1/apps/{app}/refresh                        public   refresh token
@@ -133,6 +135,8 @@ func (a *IdentityAPI) Register(mux Mux) {
 	h("DELETE /v1/apps/{app}/users/{user}", a.deleteUser)
 	h("PUT /v1/apps/{app}/users/{user}/devices/{device}", a.putDevice)
 	h("GET /v1/apps/{app}/users/{user}/devices", a.listDevices)
+	h("GET /v1/apps/{app}/users/{user}/devices/{device}", a.getDevice)
+	h("DELETE /v1/apps/{app}/users/{user}/devices/{device}", a.deleteDevice)
 	h("POST /v1/apps/{app}/tokens", a.issueToken)
 	h("POST /v1/apps/{app}/login", a.login)
 	h("POST /v1/apps/{app}/refresh", a.refresh)
@@ -615,6 +619,31 @@ func (a *IdentityAPI) listDevices(w http.ResponseWriter, r *http.Request) error 
 		out[i] = viewDevice(d)
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"devices": out})
+	return nil
+}
+
+func (a *IdentityAPI) getDevice(w http.ResponseWriter, r *http.Request) error {
+	app, err := a.forApp(r, identity.ScopeUsers, identity.ScopePush)
+	if err != nil {
+		return err
+	}
+	d, err := a.svc.GetDevice(r.Context(), app, r.PathValue("user"), r.PathValue("device"))
+	if err != nil {
+		return mapErr(err)
+	}
+	WriteJSON(w, http.StatusOK, viewDevice(d))
+	return nil
+}
+
+func (a *IdentityAPI) deleteDevice(w http.ResponseWriter, r *http.Request) error {
+	app, err := a.forApp(r, identity.ScopeUsers, identity.ScopePush)
+	if err != nil {
+		return err
+	}
+	if err := a.svc.DeleteDevice(r.Context(), app, r.PathValue("user"), r.PathValue("device")); err != nil {
+		return mapErr(err)
+	}
+	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 

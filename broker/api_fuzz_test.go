@@ -11,12 +11,16 @@ import (
 )
 
 // fuzzRoutes are the admin API endpoints that parse a JSON body: apps,
-// users, devices, tokens, login, bans and push credentials.
+// users, devices, tokens, login, bans, push credentials, conversations,
+// members and messages.
 var fuzzRoutes = []string{
 	"POST /v1/apps", "PATCH /v1/apps/demo", "POST /v1/apps/demo/users", "PATCH /v1/apps/demo/users/alice",
 	"PUT /v1/apps/demo/users/alice/devices/phone", "POST /v1/apps/demo/tokens", "POST /v1/apps/demo/login",
 	"POST /v1/apps/demo/refresh", "POST /v1/bans", "PUT /v1/apps/demo/push/credentials/apns",
 	"PUT /v1/apps/demo/push/credentials/fcm", "POST /v1/apps/demo/keys",
+	"POST /v1/apps/demo/conversations", "PATCH /v1/apps/demo/conversations/team",
+	"POST /v1/apps/demo/conversations/team/members", "PATCH /v1/apps/demo/conversations/team/members/alice",
+	"POST /v1/apps/demo/conversations/team/messages", "POST /v1/apps/demo/users/alice/direct/bob/messages",
 }
 
 // FuzzAPIBodies posts arbitrary bodies, with the admin key, to the real
@@ -35,6 +39,8 @@ func FuzzAPIBodies(f *testing.F) {
 		`{"public_key":"AAAA"}`, `{"user":"alice","device":"phone","ttl":3600}`, `{"user":"alice","password":"pw"}`,
 		`{"refresh_token":"x"}`, `{"kind":"ip","value":"10.0.0.0/8","for":"1h"}`, `{"team_id":"T","key_id":"K","key":"-----"}`,
 		`{"project_id":"p","service_account":{}}`, `{"alg":"ed25519"}`,
+		`{"id":"team","kind":"group","members":["alice"]}`, `{"name":"Team"}`, `{"users":["bob"],"role":"admin"}`,
+		`{"role":"owner"}`, `{"body":{"text":"hi"},"cmid":"c1"}`, `{"body":"hi","type":"text"}`,
 	} {
 		f.Add(uint8(i), []byte(seed))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -590,5 +591,39 @@ func TestIDsSortInCreationOrder(t *testing.T) {
 			t.Fatalf("id %d %q after %q", i, id, prev)
 		}
 		prev = id
+	}
+}
+
+func TestRename(t *testing.T) {
+	e := newEnv(t, nil)
+	owner := dev("olga", "d")
+	mustCreate(t, e.svc, owner, "club", "group", "mia")
+	if _, err := e.svc.Rename(ctx, dev("mia", "d"), "club", "Mine"); code(err) != protocol.CodeForbidden {
+		t.Fatalf("member renames: %v", err)
+	}
+	if _, err := e.svc.Rename(ctx, owner, "club", strings.Repeat("x", MaxNameLen+1)); code(err) != protocol.CodeBadRequest {
+		t.Fatalf("long name: %v", err)
+	}
+	res, err := e.svc.Rename(ctx, Sender{App: "app", User: "_svc", Service: true}, "club", "Book club")
+	if err != nil || res.Conv.Name != "Book club" {
+		t.Fatalf("rename: %+v %v", res.Conv, err)
+	}
+	// The members learn of it from the log.
+	ms := e.rec.msgs("club")
+	last := ms[len(ms)-1]
+	if last.Type != protocol.TypeSystem || !strings.Contains(string(last.Body), `"event":"renamed"`) || !strings.Contains(string(last.Body), `"name":"Book club"`) {
+		t.Fatalf("event: %s %s", last.Type, last.Body)
+	}
+	info, err := e.svc.Info(ctx, dev("mia", "d"), "club", "", 0)
+	if err != nil || info.Conv.Name != "Book club" {
+		t.Fatalf("info after rename: %+v %v", info.Conv, err)
+	}
+	// Renaming to the same name records nothing.
+	n := len(e.rec.msgs("club"))
+	if _, err := e.svc.Rename(ctx, owner, "club", "Book club"); err != nil || len(e.rec.msgs("club")) != n {
+		t.Fatalf("same name: %v, %d events", err, len(e.rec.msgs("club"))-n)
+	}
+	if _, err := e.svc.Rename(ctx, owner, "nope", "x"); code(err) != protocol.CodeNotMember {
+		t.Fatalf("unknown conversation: %v", err)
 	}
 }

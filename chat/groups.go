@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/warblerim/warbler/protocol"
 	"github.com/warblerim/warbler/storage"
@@ -25,7 +26,7 @@ type CreateRequest struct {
 
 // event is the body of a system message.
 type event struct {
-	Event string   `json:"event"` // created, added, removed, left, role
+	Event string   `json:"event"` // created, added, removed, left, role, renamed
 	By    string   `json:"by"`
 	Users []string `json:"users,omitempty"`
 	Role  string   `json:"role,omitempty"`
@@ -277,6 +278,34 @@ func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role str
 	}
 	s.Invalidate(from.App, conv)
 	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "role", By: from.User, Users: []string{user}, Role: role}, nil); err != nil {
+		return protocol.InfoResult{}, err
+	}
+	return s.info(ctx, from, c, "", 0)
+}
+
+// MaxNameLen is the longest conversation name, in bytes.
+const MaxNameLen = 256
+
+// Rename changes a group's or channel's name (admins and owners). The
+// change is recorded as a "renamed" system event carrying the new name.
+func (s *Service) Rename(ctx context.Context, from Sender, conv, name string) (protocol.InfoResult, error) {
+	if len(name) > MaxNameLen || !utf8.ValidString(name) {
+		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeBadRequest, "name: at most %d bytes of UTF-8", MaxNameLen)
+	}
+	cs, c, _, unlock, err := s.lockedMember(ctx, from, conv, storage.RoleAdmin)
+	if err != nil {
+		return protocol.InfoResult{}, err
+	}
+	defer unlock()
+	if c.Name == name {
+		return s.info(ctx, from, c, "", 0)
+	}
+	if err := s.store.RenameConversation(ctx, from.App, conv, name); err != nil {
+		return protocol.InfoResult{}, s.internal("rename conversation", err)
+	}
+	s.Invalidate(from.App, conv)
+	c.Name = name
+	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "renamed", By: from.User, Name: name}, nil); err != nil {
 		return protocol.InfoResult{}, err
 	}
 	return s.info(ctx, from, c, "", 0)

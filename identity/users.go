@@ -339,6 +339,19 @@ func (s *Service) ensureDevice(ctx context.Context, app, user, device string) (s
 	return device, err
 }
 
+// DeleteDevice forgets a device of a user, with its push registration: no
+// notification goes to it any more. Access tokens already issued for it
+// stay valid until they expire (revoke the user's sessions to end them);
+// signing in or registering again creates it anew.
+func (s *Service) DeleteDevice(ctx context.Context, app, user, id string) error {
+	if !protocol.ValidID(app) || !validUserID(user) || !validDeviceID(id) {
+		return ErrNotFound
+	}
+	s.devMu.Lock()
+	defer s.devMu.Unlock()
+	return s.store.DeleteDevice(ctx, app, user, id)
+}
+
 // GetDevice returns one device of a user.
 func (s *Service) GetDevice(ctx context.Context, app, user, id string) (storage.Device, error) {
 	if !protocol.ValidID(app) || !validUserID(user) || !validDeviceID(id) {

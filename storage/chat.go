@@ -171,6 +171,9 @@ type Conversations interface {
 	RemoveMembers(ctx context.Context, app, conv string, users []string) ([]string, error)
 	// SetRole changes a member's role; ErrNotFound if not a member.
 	SetRole(ctx context.Context, app, conv, user string, role Role) error
+	// RenameConversation sets a conversation's name; ErrNotFound if there
+	// is no such conversation.
+	RenameConversation(ctx context.Context, app, conv, name string) error
 	// UserConversations lists the IDs of the conversations user belongs
 	// to, in ID order from start (inclusive), at most limit (0 for all).
 	UserConversations(ctx context.Context, app, user, start string, limit int) ([]string, error)

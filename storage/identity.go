@@ -182,6 +182,8 @@ type DeviceStore interface {
 	PutDevice(ctx context.Context, d Device) error
 	GetDevice(ctx context.Context, app, user, id string) (Device, error)
 	ListDevices(ctx context.Context, app, user string) ([]Device, error)
+	// DeleteDevice removes a device; ErrNotFound if there is none.
+	DeleteDevice(ctx context.Context, app, user, id string) error
 }
 
 // CredentialStore keeps credentials.

@@ -347,6 +347,18 @@ func (s *ChatStore) SetRole(ctx context.Context, app, conv, user string, role st
 	}, nil)
 }
 
+// RenameConversation implements storage.Conversations.
+func (s *ChatStore) RenameConversation(ctx context.Context, app, conv, name string) error {
+	return s.c.do(ctx, func(w *wtxn) ([]writeOp, error) {
+		var rec convRec
+		if err := w.getJSON(convKey(app, conv), &rec); err != nil {
+			return nil, err
+		}
+		rec.Name = name
+		return []writeOp{{key: convKey(app, conv), val: must(json.Marshal(rec))}}, nil
+	}, nil)
+}
+
 // UserConversations implements storage.Conversations.
 func (s *ChatStore) UserConversations(ctx context.Context, app, user, start string, limit int) ([]string, error) {
 	var out []string

@@ -285,6 +285,19 @@ func (s *IdentityStore) ListDevices(ctx context.Context, app, user string) ([]st
 	return scan[storage.Device](ctx, s, key(pfxDevice, app, user, ""), nil, 0)
 }
 
+// DeleteDevice implements storage.DeviceStore.
+func (s *IdentityStore) DeleteDevice(ctx context.Context, app, user, id string) error {
+	k := key(pfxDevice, app, user, id)
+	return s.write(ctx, func(txn *badger.Txn) error {
+		if _, err := txn.Get(k); errors.Is(err, badger.ErrKeyNotFound) {
+			return storage.ErrNotFound
+		} else if err != nil {
+			return err
+		}
+		return txn.Delete(k)
+	})
+}
+
 // Credentials.
 
 // GetCredential implements storage.CredentialStore.
