@@ -7,7 +7,7 @@ FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
 ARGS      ?=
 
-.PHONY: build run test lint bench fuzz soak clean
+.PHONY: build run test lint bench fuzz soak clean web e2e
 
 build:
 	$(GO) build -trimpath -o $(BIN) ./cmd/warbler
@@ -54,6 +54,17 @@ fuzz:
 SOAK ?= 30m
 soak:
 	WARBLER_SOAK=$(SOAK) $(GO) test -count=1 -timeout 0 -v -run '^TestSoak$$' ./test/fault
+
+## web: rebuild the web client embedded in the binary (web/dist) from its
+## sources; needs Node.js 20+ and npm. Commit web/dist with the sources.
+web:
+	cd web && npm ci && npm run build
+
+## e2e: the web client's end-to-end tests: the built server on a loopback
+## port and headless Chromium (/usr/bin/chromium, Debian's package) driven by
+## playwright-core. Screenshots of each step go to web/test-results/.
+e2e: build
+	cd web && npm ci && WARBLER_BIN=$(abspath $(BIN)) npm run e2e
 
 clean:
 	rm -rf bin

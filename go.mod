@@ -78,3 +78,6 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 	gopkg.in/yaml.v3 v3.0.1 // indirect
 )
+
+// The web client's npm packages are not Go code.
+ignore ./web/node_modules

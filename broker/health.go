@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/warblerim/warbler/api"
@@ -39,8 +40,14 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		"connections": s.metrics.Connected(), "time": time.Now().UTC().Format(time.RFC3339)})
 }
 
-// handleIndex answers the root path until a web client is mounted there.
+// handleIndex serves the web chat client (package web) at the root path.
+// A request that asks for JSON only (Accept: application/json) gets a
+// summary of the server instead.
 func (s *Server) handleIndex(w http.ResponseWriter, r *http.Request) {
+	if a := r.Header.Get("Accept"); !strings.Contains(a, "application/json") || strings.Contains(a, "text/html") {
+		s.webClient.ServeHTTP(w, r)
+		return
+	}
 	api.WriteJSON(w, http.StatusOK, map[string]any{
 		"name":    "warbler",
 		"version": Version(),

@@ -35,6 +35,7 @@ import (
 	"github.com/warblerim/warbler/hooks"
 	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/storage/badgerstore"
+	"github.com/warblerim/warbler/web"
 )
 
 // Options are the programmatic extras of a Server that do not belong in the
@@ -72,6 +73,8 @@ type Server struct {
 	ws      []*wsListener
 	httpSrv []*httpListener
 	mux     *api.Router
+	// webClient serves the embedded browser client (package web).
+	webClient http.Handler
 
 	identity   *identity.Service
 	principals *hooks.Principals
@@ -107,7 +110,7 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, mux: api.NewRouter(api.RouterOptions{
+	s := &Server{cfg: cfg, log: log, webClient: web.Handler(), mux: api.NewRouter(api.RouterOptions{
 		MaxBodyBytes: cfg.HTTP.MaxBody, ReadTimeout: cfg.HTTP.ReadTimeout.D(), WriteTimeout: cfg.HTTP.WriteTimeout.D(),
 	})}
 	s.pushSem = make(chan struct{}, pushWorkers)
@@ -329,6 +332,7 @@ func (s *Server) routes() {
 	}))
 	s.mux.HandleFunc("GET /{$}", s.handleIndex)
 	api.RegisterOpenAPI(s.mux)
+	s.mux.Handle("GET /assets/", s.webClient)
 	if s.cfg.HTTP.Pprof {
 		s.mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
 		s.mux.Handle("/debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))

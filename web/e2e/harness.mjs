@@ -1,0 +1,184 @@
+// Test harness of the end-to-end tests: builds and runs the real Warbler
+// server on loopback ports with a temporary data directory, talks to its
+// HTTP API, and drives Debian's Chromium through playwright-core.
+
+import { spawn, execFileSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const webDir = join(fileURLToPath(import.meta.url), '..', '..');
+export const repoDir = join(webDir, '..');
+export const resultsDir = join(webDir, 'test-results');
+
+/** buildServer builds cmd/warbler once (or uses $WARBLER_BIN). */
+export function buildServer(dir) {
+  if (process.env.WARBLER_BIN) return process.env.WARBLER_BIN;
+  const bin = join(dir, 'warbler');
+  execFileSync('go', ['build', '-o', bin, './cmd/warbler'], { cwd: repoDir, stdio: 'inherit' });
+  return bin;
+}
+
+/** freePort asks the kernel for a free loopback port. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** waitFor polls f until it returns a truthy value or the deadline passes. */
+export async function waitFor(what, f, timeout = 30_000) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const v = await f();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Server is one "warbler serve" process with its data in a temporary
+ * directory. start() and kill() may be called again on the same data and
+ * port, which is how the tests cut every connection and bring it back.
+ */
+export class Server {
+  constructor(bin, root, port) {
+    this.bin = bin;
+    this.data = join(root, 'data');
+    this.conf = join(root, 'warbler.yaml');
+    this.port = port;
+    this.url = `http://127.0.0.1:${port}`;
+    this.logs = [];
+    writeFileSync(this.conf, 'log:\n  level: info\n');
+  }
+
+  async start() {
+    const lines = [];
+    this.logs = lines;
+    const p = spawn(
+      this.bin,
+      ['serve', '--config', this.conf, '--data', this.data, '--mqtt', '127.0.0.1:0', '--ws', '', '--http', `127.0.0.1:${this.port}`, '--log-format', 'json'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    this.proc = p;
+    this.exited = new Promise((resolve) => p.once('exit', (code, sig) => resolve({ code, sig })));
+    let buf = '';
+    const onData = (d) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    };
+    p.stdout.on('data', onData);
+    p.stderr.on('data', onData);
+    let gone = false;
+    this.exited.then(() => (gone = true));
+    await waitFor('the server to listen', () => {
+      if (gone) throw new Error(`warbler exited before listening:\n${lines.join('\n')}`);
+      return lines.some((l) => l.includes('warbler listening'));
+    });
+    this.key = readFileSync(join(this.data, 'admin.key'), 'utf8').trim();
+  }
+
+  /** kill ends the server with SIGKILL (no goodbye to any client). */
+  async kill() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill('SIGKILL');
+    await this.exited;
+  }
+
+  async stop() {
+    if (!this.proc || this.proc.exitCode !== null) return;
+    this.proc.kill('SIGTERM');
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), 15_000);
+    await this.exited;
+    clearTimeout(t);
+  }
+
+  /** api calls the HTTP API with the admin key (or the given bearer). */
+  async api(method, path, body, bearer = this.key) {
+    const res = await fetch(this.url + path, {
+      method,
+      headers: { Authorization: `Bearer ${bearer}`, 'Content-Type': 'application/json' },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    const data = text ? JSON.parse(text) : undefined;
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+    return data;
+  }
+
+  createUser(id, password) {
+    return this.api('POST', '/v1/apps/demo/users', { id, password });
+  }
+
+  async login(username, password, extra = {}) {
+    const res = await fetch(`${this.url}/v1/apps/demo/login`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ username, password, ...extra }),
+    });
+    if (!res.ok) throw new Error(`login ${username}: ${res.status} ${await res.text()}`);
+    return res.json();
+  }
+}
+
+/** totp computes the RFC 6238 code (SHA-1, 6 digits, 30 s) of a base32 secret at time t. */
+export function totp(secret, t = Date.now()) {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';
+  let bits = '';
+  for (const ch of secret.replace(/=+$/, '').toUpperCase()) bits += alphabet.indexOf(ch).toString(2).padStart(5, '0');
+  const key = Buffer.from(bits.match(/.{8}/g).map((b) => parseInt(b, 2)));
+  const counter = Buffer.alloc(8);
+  counter.writeBigUInt64BE(BigInt(Math.floor(t / 1000 / 30)));
+  const h = createHmac('sha1', key).update(counter).digest();
+  const o = h[h.length - 1] & 0xf;
+  const n = (h.readUInt32BE(o) & 0x7fffffff) % 1_000_000;
+  return String(n).padStart(6, '0');
+}
+
+/** launchBrowser starts headless Chromium from the Debian package. */
+export async function launchBrowser() {
+  const executablePath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+  return chromium.launch({
+    executablePath,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+  });
+}
+
+/** tempRoot makes a temporary directory removed by the returned function. */
+export function tempRoot() {
+  const dir = mkdtempSync(join(tmpdir(), 'warbler-e2e-'));
+  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+let shot = 0;
+/** screenshot saves a numbered PNG of page under web/test-results/. */
+export async function screenshot(page, name, opts = {}) {
+  mkdirSync(resultsDir, { recursive: true });
+  const file = join(resultsDir, `${String(++shot).padStart(2, '0')}-${name}.png`);
+  await page.screenshot({ path: file, ...opts });
+  return file;
+}

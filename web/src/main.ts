@@ -1,0 +1,801 @@
+// The web client's pages: sign-in, the chat (conversation list and one
+// conversation) and the admin view. State lives in memory; the session is
+// kept in sessionStorage (so a reload stays signed in and syncs what it
+// missed) and the device ID per user in localStorage (so this browser stays
+// one device, with its own delivered cursor).
+
+import './style.css';
+import { APIError, login, loginErrorText, logout, type Session } from './api';
+import { RequestError, WarblerClient, newID, type ConvInfo, type Msg, type Receipt } from './warbler';
+import { startAdmin, stopAdmin } from './admin';
+import { $, el, fmtTime } from './dom';
+
+const SESSION_KEY = 'warbler.session';
+
+interface OutMsg {
+  cmid: string;
+  conv?: string;
+  to?: string;
+  type: string;
+  body: any;
+  state: 'sending' | 'failed';
+  error?: string;
+  ts: number;
+  inflight?: boolean;
+}
+
+interface Conv {
+  id: string; // conversation ID, or "to:{user}" for a direct chat not yet started
+  info: ConvInfo;
+  peer?: string;
+  msgs: Map<number, Msg>;
+  outbox: OutMsg[];
+  peerDelivered: number;
+  peerRead: number;
+  historyLoaded: boolean;
+  more: boolean;
+  typing: Map<string, number>;
+}
+
+let session: Session | undefined;
+let client: WarblerClient | undefined;
+const convs = new Map<string, Conv>();
+let current: string | undefined;
+const readSent = new Map<string, number>();
+const deliveredSent = new Map<string, number>();
+
+// ---- sign-in -------------------------------------------------------------
+
+function loadSession(): Session | undefined {
+  try {
+    const s = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? 'null');
+    return s && s.refresh_token ? s : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function saveSession(s: Session | undefined): void {
+  if (s) sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
+  else sessionStorage.removeItem(SESSION_KEY);
+}
+
+function deviceKey(app: string, user: string): string {
+  return `warbler.device.${app}.${user}`;
+}
+
+function showLogin(message?: string): void {
+  $('login-view').hidden = false;
+  $('chat-view').hidden = true;
+  $('admin-view').hidden = true;
+  const err = $('login-error');
+  err.hidden = !message;
+  err.textContent = message ?? '';
+  const app = new URLSearchParams(location.search).get('app');
+  if (app) ($('login-app') as HTMLInputElement).value = app;
+  ($('login-user') as HTMLInputElement).focus();
+}
+
+function setupLogin(): void {
+  const form = $('login-form') as HTMLFormElement;
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const app = ($('login-app') as HTMLInputElement).value.trim();
+    const username = ($('login-user') as HTMLInputElement).value.trim();
+    const password = ($('login-password') as HTMLInputElement).value;
+    const totp = ($('login-totp') as HTMLInputElement).value.trim();
+    const err = $('login-error');
+    if (!app || !username || !password) {
+      err.hidden = false;
+      err.textContent = 'Enter the app, your username and your password.';
+      return;
+    }
+    const btn = $('login-submit') as HTMLButtonElement;
+    btn.disabled = true;
+    btn.textContent = 'Signing in…';
+    try {
+      const device = localStorage.getItem(deviceKey(app, username)) ?? undefined;
+      const s = await login({ app, username, password, device, totp: totp || undefined });
+      localStorage.setItem(deviceKey(app, s.user), s.device);
+      ($('login-password') as HTMLInputElement).value = '';
+      ($('login-totp') as HTMLInputElement).value = '';
+      $('login-totp-row').hidden = true;
+      err.hidden = true;
+      startChat(s);
+    } catch (e) {
+      err.hidden = false;
+      err.textContent = loginErrorText(e);
+      if (e instanceof APIError && (e.code === 'mfa_required' || e.code === 'invalid_mfa')) {
+        $('login-totp-row').hidden = false;
+        ($('login-totp') as HTMLInputElement).focus();
+      } else if (e instanceof APIError && e.code === 'invalid_credentials') {
+        ($('login-password') as HTMLInputElement).select();
+      }
+    } finally {
+      btn.disabled = false;
+      btn.textContent = 'Sign in';
+    }
+  });
+}
+
+// ---- chat ------------------------------------------------------------------
+
+function startChat(s: Session): void {
+  session = s;
+  saveSession(s);
+  convs.clear();
+  current = undefined;
+  readSent.clear();
+  deliveredSent.clear();
+  $('me-name').textContent = s.user;
+  $('login-view').hidden = true;
+  route();
+  client?.stop();
+  const c = new WarblerClient(s);
+  client = c;
+  c.on('session', (ns) => {
+    session = ns;
+    saveSession(ns);
+  });
+  c.on('expired', (why) => {
+    saveSession(undefined);
+    client = undefined;
+    showLogin(why);
+  });
+  c.on('state', onState);
+  c.on('convs', (list) => {
+    for (const info of list) upsertConv(info);
+    render();
+  });
+  c.on('message', onMessage);
+  c.on('receipt', onReceipt);
+  c.on('other', onOther);
+  c.on('synced', () => {
+    flushOutbox();
+    if (current) void openConv(current, false);
+    render();
+  });
+  c.start();
+}
+
+function onState(s: string, detail?: string): void {
+  const banner = $('banner');
+  const dot = $('conn-dot');
+  dot.className = `dot ${s}`;
+  $('conn-text').textContent = s === 'online' ? 'Connected' : s;
+  if (s === 'reconnecting') {
+    banner.hidden = false;
+    $('banner-text').textContent = `Connection lost — reconnecting…${detail ? ` (${detail})` : ''}`;
+  } else if (s === 'connecting') {
+    banner.hidden = false;
+    $('banner-text').textContent = 'Connecting…';
+  } else {
+    banner.hidden = true;
+  }
+  $('banner-retry').hidden = s !== 'reconnecting';
+  banner.dataset.state = s;
+}
+
+function emptyInfo(conv: string, kind = 'direct'): ConvInfo {
+  return { conv, kind, members: 2, last_seq: 0, read: 0, unread: 0 };
+}
+
+function peerCacheKey(): string {
+  return `warbler.peers.${session!.app}.${session!.user}`;
+}
+
+function peers(): Record<string, string> {
+  try {
+    return JSON.parse(localStorage.getItem(peerCacheKey()) ?? '{}');
+  } catch {
+    return {};
+  }
+}
+
+function rememberPeer(conv: string, peer: string): void {
+  const p = peers();
+  if (p[conv] === peer) return;
+  p[conv] = peer;
+  localStorage.setItem(peerCacheKey(), JSON.stringify(p));
+}
+
+function getConv(id: string, kind = 'direct'): Conv {
+  let c = convs.get(id);
+  if (!c) {
+    c = {
+      id,
+      info: emptyInfo(id, kind),
+      msgs: new Map(),
+      outbox: [],
+      peerDelivered: 0,
+      peerRead: 0,
+      historyLoaded: false,
+      more: false,
+      typing: new Map(),
+    };
+    if (id.startsWith('d.')) c.peer = peers()[id];
+    convs.set(id, c);
+  }
+  return c;
+}
+
+function upsertConv(info: ConvInfo): Conv {
+  const c = getConv(info.conv, info.kind);
+  c.info = { ...info, last_seq: Math.max(info.last_seq, c.info.last_seq), read: Math.max(info.read, c.info.read) };
+  c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+  if (c.info.kind === 'direct' && !c.peer && !infoAsked.has(c.id)) void refreshInfo(c);
+  return c;
+}
+
+// refreshInfo asks the server about a conversation first seen through a
+// message: its kind, name and counts, and the peer of a direct chat.
+const infoAsked = new Set<string>();
+async function refreshInfo(c: Conv): Promise<void> {
+  if (!client?.online) return;
+  infoAsked.add(c.id);
+  try {
+    const r = await client.op<{ conv: ConvInfo; members?: { user: string }[] }>('info', { conv: c.id });
+    if (!c.peer && r.conv.kind === 'direct') {
+      const p = r.members?.find((m) => m.user !== session!.user)?.user;
+      if (p) {
+        c.peer = p;
+        rememberPeer(c.id, p);
+      }
+    }
+    upsertConv(r.conv);
+    scheduleRender();
+  } catch {
+    /* shown by ID until known */
+  }
+}
+
+function isMine(m: Msg): boolean {
+  return m.from.user === session?.user;
+}
+
+function onMessage(m: Msg, live: boolean): void {
+  const known = convs.has(m.conv);
+  const c = getConv(m.conv, m.conv.startsWith('d.') ? 'direct' : 'group');
+  if (!known) void refreshInfo(c);
+  if (!c.peer && c.info.kind === 'direct' && !isMine(m)) {
+    c.peer = m.from.user;
+    rememberPeer(c.id, m.from.user);
+  }
+  const fresh = !c.msgs.has(m.seq);
+  c.msgs.set(m.seq, m);
+  if (m.cmid && isMine(m)) c.outbox = c.outbox.filter((o) => o.cmid !== m.cmid);
+  if (m.seq > c.info.last_seq) c.info.last_seq = m.seq;
+  if (isMine(m)) c.info.read = Math.max(c.info.read, m.seq);
+  c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+  c.typing.delete(m.from.user);
+  if (fresh && live && !isMine(m)) {
+    // A gap in seq means a live message was missed: sync fills it.
+    if (c.historyLoaded && m.seq > 1 && !c.msgs.has(m.seq - 1)) void client?.sync();
+    markDelivered(c.id, m.seq);
+  }
+  if (current === c.id) markRead(c);
+  scheduleRender();
+}
+
+function onReceipt(r: Receipt): void {
+  const c = convs.get(r.conv);
+  if (!c) return;
+  if (r.user === session?.user) {
+    if (r.type === 'read') {
+      c.info.read = Math.max(c.info.read, r.seq);
+      c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+    }
+  } else if (r.type === 'read') {
+    c.peerRead = Math.max(c.peerRead, r.seq);
+    c.peerDelivered = Math.max(c.peerDelivered, r.seq);
+  } else {
+    c.peerDelivered = Math.max(c.peerDelivered, r.seq);
+  }
+  scheduleRender();
+}
+
+function onOther(e: any): void {
+  if (e.kind === 'typing' && e.conv && e.user && e.user !== session?.user) {
+    const c = convs.get(e.conv);
+    if (!c) return;
+    if (e.state === 'stop' || e.typing === false) c.typing.delete(e.user);
+    else c.typing.set(e.user, Date.now() + 6000);
+    scheduleRender();
+  }
+}
+
+let deliveredTimer: ReturnType<typeof setTimeout> | undefined;
+function markDelivered(conv: string, seq: number): void {
+  if ((deliveredSent.get(conv) ?? 0) >= seq) return;
+  deliveredSent.set(conv, seq);
+  clearTimeout(deliveredTimer);
+  deliveredTimer = setTimeout(() => {
+    for (const [cv, s] of deliveredSent) {
+      void client?.op('delivered', { conv: cv, seq: s }).catch(() => undefined);
+    }
+  }, 150);
+}
+
+function markRead(c: Conv): void {
+  if (document.visibilityState !== 'visible' || !client?.online) return;
+  const seq = c.info.last_seq;
+  if (seq <= c.info.read || (readSent.get(c.id) ?? 0) >= seq) return;
+  readSent.set(c.id, seq);
+  client
+    .op<{ seq: number }>('read', { conv: c.id, seq })
+    .then((r) => {
+      c.info.read = Math.max(c.info.read, r.seq);
+      c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+      scheduleRender();
+    })
+    .catch(() => readSent.delete(c.id));
+}
+
+document.addEventListener('visibilitychange', () => {
+  const c = current ? convs.get(current) : undefined;
+  if (c) markRead(c);
+});
+
+async function openConv(id: string, focus = true): Promise<void> {
+  current = id;
+  document.body.classList.add('in-conv');
+  const c = getConv(id);
+  render();
+  if (focus) ($('composer-input') as HTMLTextAreaElement).focus();
+  if (id.startsWith('to:') || !client?.online) return;
+  if (!c.historyLoaded) {
+    try {
+      const r = await client.op<{ messages: Msg[]; more: boolean }>('history', { conv: id, limit: 50 });
+      for (const m of r.messages) onMessage(m, false);
+      c.historyLoaded = true;
+      c.more = r.more;
+    } catch (e) {
+      toast(`Could not load the conversation: ${errText(e)}`);
+    }
+  }
+  markRead(c);
+  void refreshReads(c);
+  render();
+}
+
+async function refreshReads(c: Conv): Promise<void> {
+  const mine = [...c.msgs.values()].filter(isMine).map((m) => m.seq);
+  if (!mine.length || !client?.online) return;
+  const seq = Math.max(...mine);
+  if (c.peerRead >= seq) return;
+  try {
+    const r = await client.op<{ read: number; users?: string[] }>('reads', { conv: c.id, seq });
+    const others = r.users ? r.users.filter((u) => u !== session!.user).length : r.read - 1;
+    if (others > 0) {
+      c.peerRead = Math.max(c.peerRead, seq);
+      c.peerDelivered = Math.max(c.peerDelivered, seq);
+      scheduleRender();
+    }
+  } catch {
+    /* receipts still arrive live */
+  }
+}
+
+async function loadOlder(): Promise<void> {
+  const c = current ? convs.get(current) : undefined;
+  if (!c || !client?.online) return;
+  const first = Math.min(...c.msgs.keys());
+  try {
+    const r = await client.op<{ messages: Msg[]; more: boolean }>('history', { conv: c.id, before: first, limit: 50 });
+    for (const m of r.messages) onMessage(m, false);
+    c.more = r.more;
+    render();
+  } catch (e) {
+    toast(`Could not load older messages: ${errText(e)}`);
+  }
+}
+
+function errText(e: unknown): string {
+  if (e instanceof RequestError) {
+    switch (e.code) {
+      case 'offline':
+        return 'not connected';
+      case 'timeout':
+        return 'no answer from the server';
+      case 'not_found':
+        return 'no such user';
+      case 'not_member':
+        return 'no such conversation, or you are not in it';
+      case 'quota_exceeded':
+        return 'sending too fast; try again in a moment';
+      default:
+        return e.message;
+    }
+  }
+  return e instanceof Error ? e.message : String(e);
+}
+
+// ---- sending ---------------------------------------------------------------
+
+function send(c: Conv, type: string, body: any): void {
+  const o: OutMsg = { cmid: newID('c'), type, body, state: 'sending', ts: Date.now() };
+  if (c.id.startsWith('to:')) o.to = c.id.slice(3);
+  else o.conv = c.id;
+  c.outbox.push(o);
+  render();
+  void deliver(c, o);
+}
+
+async function deliver(c: Conv, o: OutMsg): Promise<void> {
+  if (o.inflight || !client?.online) return; // stays "sending"; flushed on reconnect
+  o.inflight = true;
+  o.state = 'sending';
+  o.error = undefined;
+  scheduleRender();
+  const env: Record<string, unknown> = { cmid: o.cmid, type: o.type, body: o.body };
+  if (o.conv) env.conv = o.conv;
+  else env.to = o.to;
+  try {
+    const ack = await client.request<{ id: string; conv: string; seq: number; ts: number }>(env);
+    // The first message of a new direct chat names its conversation.
+    if (convs.get(c.id) === c && c.id.startsWith('to:')) adoptDraft(c, ack.conv);
+    const t = getConv(ack.conv);
+    t.outbox = t.outbox.filter((x) => x.cmid !== o.cmid);
+    if (!t.msgs.has(ack.seq)) {
+      t.msgs.set(ack.seq, {
+        kind: 'msg', id: ack.id, conv: ack.conv, seq: ack.seq, ts: ack.ts,
+        from: { user: session!.user, device: session!.device }, cmid: o.cmid, type: o.type, body: o.body,
+      });
+    }
+    t.info.last_seq = Math.max(t.info.last_seq, ack.seq);
+    t.info.read = Math.max(t.info.read, ack.seq);
+    t.info.unread = Math.max(0, t.info.last_seq - t.info.read);
+  } catch (e) {
+    if (!(e instanceof RequestError && e.code === 'offline')) {
+      o.state = 'failed';
+      o.error = errText(e);
+    } // else: resent with the same cmid after reconnecting
+  } finally {
+    o.inflight = false;
+  }
+  scheduleRender();
+}
+
+// adoptDraft moves a direct chat started with "to" to its conversation ID.
+function adoptDraft(draft: Conv, conv: string): void {
+  const real = getConv(conv, 'direct');
+  real.peer = draft.peer;
+  rememberPeer(conv, draft.peer!);
+  for (const x of draft.outbox) {
+    x.conv = conv;
+    if (![...real.msgs.values()].some((m) => m.cmid === x.cmid) && !real.outbox.includes(x)) real.outbox.push(x);
+  }
+  real.historyLoaded = real.historyLoaded || real.info.last_seq <= 1;
+  convs.delete(draft.id);
+  if (current === draft.id) current = conv;
+}
+
+function flushOutbox(): void {
+  for (const c of [...convs.values()]) for (const o of c.outbox) if (o.state === 'sending') void deliver(c, o);
+}
+
+function setupComposer(): void {
+  const input = $('composer-input') as HTMLTextAreaElement;
+  const submit = () => {
+    const c = current ? convs.get(current) : undefined;
+    const text = input.value.trim();
+    if (!c || !text) return;
+    input.value = '';
+    autoGrow(input);
+    send(c, 'text', { text });
+  };
+  $('composer').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    submit();
+  });
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+      ev.preventDefault();
+      submit();
+    }
+  });
+  input.addEventListener('input', () => {
+    autoGrow(input);
+    onTypingInput();
+  });
+  $('new-chat').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    void startConversation();
+  });
+  $('load-older').addEventListener('click', () => void loadOlder());
+  $('back').addEventListener('click', () => {
+    current = undefined;
+    document.body.classList.remove('in-conv');
+    render();
+  });
+  $('banner-retry').addEventListener('click', () => client?.reconnectNow());
+  $('logout').addEventListener('click', async () => {
+    const s = session;
+    client?.stop();
+    client = undefined;
+    saveSession(undefined);
+    session = undefined;
+    if (s) await logout(s.access_token).catch(() => undefined);
+    showLogin();
+  });
+}
+
+function autoGrow(t: HTMLTextAreaElement): void {
+  t.style.height = 'auto';
+  t.style.height = `${Math.min(t.scrollHeight, 160)}px`;
+}
+
+// Typing indicators need the server's typing op; until it exists the hook
+// below only records the wish.
+function onTypingInput(): void {
+  /* replaced when the typing op is available */
+}
+
+async function startConversation(): Promise<void> {
+  const input = $('new-chat-input') as HTMLInputElement;
+  const names = input.value.split(',').map((s) => s.trim()).filter(Boolean);
+  if (!names.length || !session) return;
+  const bad = names.find((n) => !/^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,63}$/.test(n));
+  if (bad) {
+    toast(`"${bad}" is not a valid user ID.`);
+    return;
+  }
+  if (names.length === 1) {
+    const peer = names[0];
+    if (peer === session.user) {
+      toast('That is you. Enter someone else’s user ID.');
+      return;
+    }
+    input.value = '';
+    const existing = [...convs.values()].find((c) => c.peer === peer);
+    if (existing) return openConv(existing.id);
+    const c = getConv(`to:${peer}`);
+    c.peer = peer;
+    c.historyLoaded = true;
+    return openConv(c.id);
+  }
+  try {
+    const r = await client!.op<{ conv: ConvInfo }>('create', { kind: 'group', name: [session!.user, ...names].join(', '), members: names.filter((n) => n !== session!.user) });
+    input.value = '';
+    upsertConv(r.conv);
+    await openConv(r.conv.conv);
+  } catch (e) {
+    toast(`Could not create the group: ${errText(e)}`);
+  }
+}
+
+// ---- rendering -------------------------------------------------------------
+
+let renderQueued = false;
+function scheduleRender(): void {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    render();
+  });
+}
+
+function convTitle(c: Conv): string {
+  if (c.info.kind === 'direct' || c.id.startsWith('to:')) return c.peer ?? 'Direct message';
+  return c.info.name || c.id;
+}
+
+function lastMsg(c: Conv): Msg | undefined {
+  let best: Msg | undefined;
+  for (const m of c.msgs.values()) if (!best || m.seq > best.seq) best = m;
+  return best;
+}
+
+function preview(m: Msg): string {
+  switch (m.type) {
+    case 'text':
+      return String(m.body?.text ?? '');
+    case 'image':
+      return '📷 Photo';
+    case 'system':
+      return systemText(m);
+    default:
+      return `[${m.type}]`;
+  }
+}
+
+function systemText(m: Msg): string {
+  const b = m.body ?? {};
+  const users = Array.isArray(b.users) ? b.users.join(', ') : '';
+  switch (b.event) {
+    case 'created':
+      return `${b.by} created the group${b.name ? ` “${b.name}”` : ''}`;
+    case 'added':
+      return `${b.by} added ${users}`;
+    case 'removed':
+      return `${b.by} removed ${users}`;
+    case 'left':
+      return `${users} left`;
+    case 'role':
+      return `${users} is now ${b.role}`;
+    default:
+      return b.event ? String(b.event) : 'update';
+  }
+}
+
+function render(): void {
+  if (!session) return;
+  renderList();
+  renderConv();
+}
+
+function renderList(): void {
+  const list = $('conv-list');
+  const items = [...convs.values()].sort((a, b) => {
+    const ta = lastMsg(a)?.ts ?? a.outbox[0]?.ts ?? 0;
+    const tb = lastMsg(b)?.ts ?? b.outbox[0]?.ts ?? 0;
+    return tb - ta || a.id.localeCompare(b.id);
+  });
+  $('conv-empty').hidden = items.length > 0;
+  list.replaceChildren(
+    ...items.map((c) => {
+      const m = lastMsg(c);
+      const unread = current === c.id ? 0 : c.info.unread;
+      const title = convTitle(c);
+      const btn = el('button', { type: 'button', class: 'conv-item', 'data-conv': c.id });
+      if (current === c.id) btn.setAttribute('aria-current', 'true');
+      btn.setAttribute('aria-label', `${title}${unread ? `, ${unread} unread` : ''}`);
+      btn.append(
+        el('span', { class: `avatar ${c.info.kind}`, 'aria-hidden': 'true' }, initials(title)),
+        el('span', { class: 'conv-text' },
+          el('span', { class: 'conv-name' }, title),
+          el('span', { class: 'conv-preview' }, m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : ''),
+        ),
+        el('span', { class: 'conv-meta' },
+          el('span', { class: 'time' }, m ? fmtTime(m.ts) : ''),
+          unread ? el('span', { class: 'badge', 'data-unread': String(unread) }, String(unread)) : '',
+        ),
+      );
+      btn.addEventListener('click', () => void openConv(c.id));
+      return el('li', {}, btn);
+    }),
+  );
+}
+
+function initials(s: string): string {
+  const parts = s.split(/[\s,._-]+/).filter(Boolean);
+  return ((parts[0]?.[0] ?? '?') + (parts[1]?.[0] ?? '')).toUpperCase();
+}
+
+function renderConv(): void {
+  const c = current ? convs.get(current) : undefined;
+  $('composer').hidden = !c;
+  $('conv-pane').classList.toggle('none', !c);
+  const list = $('messages');
+  const scroller = $('messages-scroll');
+  if (!c) {
+    $('conv-title').textContent = 'Select a conversation';
+    $('conv-sub').textContent = '';
+    list.replaceChildren();
+    $('typing').textContent = '';
+    $('load-older').hidden = true;
+    return;
+  }
+  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
+  $('conv-title').textContent = convTitle(c);
+  $('conv-sub').textContent =
+    c.info.kind === 'direct' || c.id.startsWith('to:') ? 'Direct message' : `${c.info.kind === 'channel' ? 'Channel' : 'Group'} · ${c.info.members} members`;
+  $('load-older').hidden = !c.more;
+  const msgs = [...c.msgs.values()].sort((a, b) => a.seq - b.seq);
+  const nodes: HTMLElement[] = [];
+  let lastDay = '';
+  for (const m of msgs) {
+    const day = new Date(m.ts).toDateString();
+    if (day !== lastDay) {
+      lastDay = day;
+      nodes.push(el('li', { class: 'day', role: 'separator' }, new Date(m.ts).toLocaleDateString(undefined, { weekday: 'short', month: 'short', day: 'numeric' })));
+    }
+    nodes.push(renderMsg(c, m));
+  }
+  for (const o of c.outbox) nodes.push(renderOut(c, o));
+  list.replaceChildren(...nodes);
+  const now = Date.now();
+  const typers = [...c.typing].filter(([, until]) => until > now).map(([u]) => u);
+  $('typing').textContent = typers.length ? `${typers.join(', ')} ${typers.length > 1 ? 'are' : 'is'} typing…` : '';
+  if (atBottom) scroller.scrollTop = scroller.scrollHeight;
+}
+
+function status(c: Conv, m: Msg): { text: string; cls: string } {
+  if (m.seq <= c.peerRead) return { text: 'Read', cls: 'read' };
+  if (m.seq <= c.peerDelivered) return { text: 'Delivered', cls: 'delivered' };
+  return { text: 'Sent', cls: 'sent' };
+}
+
+function renderBody(m: { type: string; body: any }): HTMLElement | string {
+  if (m.type === 'image' && m.body) {
+    const src = m.body.thumb_url || m.body.thumbnail || m.body.url;
+    if (src) {
+      const img = el('img', { class: 'thumb', alt: m.body.name ? `Image ${m.body.name}` : 'Image', src: String(src), loading: 'lazy' }) as HTMLImageElement;
+      if (m.body.w && m.body.h) {
+        img.width = Math.min(240, m.body.w);
+        img.height = Math.round((img.width * m.body.h) / m.body.w);
+      }
+      const a = el('a', { href: String(m.body.url ?? src), target: '_blank', rel: 'noopener' }, img);
+      return a;
+    }
+  }
+  if (m.type === 'text') return el('span', { class: 'text' }, String(m.body?.text ?? ''));
+  return el('span', { class: 'text muted' }, `[${m.type}]`);
+}
+
+function renderMsg(c: Conv, m: Msg): HTMLElement {
+  if (m.type === 'system') return el('li', { class: 'system', 'data-seq': String(m.seq) }, systemText(m));
+  const mine = isMine(m);
+  const li = el('li', { class: `msg ${mine ? 'mine' : 'theirs'}`, 'data-seq': String(m.seq), 'data-id': m.id });
+  const bubble = el('div', { class: 'bubble' });
+  if (!mine && c.info.kind !== 'direct') bubble.append(el('div', { class: 'author' }, m.from.user));
+  bubble.append(renderBody(m));
+  const meta = el('div', { class: 'meta' }, el('time', { datetime: new Date(m.ts).toISOString() }, fmtTime(m.ts)));
+  if (mine) {
+    const st = status(c, m);
+    meta.append(el('span', { class: `status ${st.cls}`, 'data-status': st.cls, 'aria-label': st.text, title: st.text }, st.cls === 'sent' ? '✓' : '✓✓'));
+  }
+  bubble.append(meta);
+  li.append(bubble);
+  return li;
+}
+
+function renderOut(c: Conv, o: OutMsg): HTMLElement {
+  const li = el('li', { class: `msg mine ${o.state}`, 'data-cmid': o.cmid });
+  const bubble = el('div', { class: 'bubble' }, renderBody(o));
+  const meta = el('div', { class: 'meta' });
+  if (o.state === 'failed') {
+    const retry = el('button', { type: 'button', class: 'retry' }, 'Retry');
+    retry.addEventListener('click', () => void deliver(c, o).then(render));
+    meta.append(el('span', { class: 'status failed', 'data-status': 'failed', role: 'alert' }, `Not sent${o.error ? `: ${o.error}` : ''}`), retry);
+  } else {
+    meta.append(el('span', { class: 'status sending', 'data-status': 'sending', 'aria-label': 'Sending', title: 'Sending' }, '🕓'));
+  }
+  bubble.append(meta);
+  li.append(bubble);
+  return li;
+}
+
+let toastTimer: ReturnType<typeof setTimeout> | undefined;
+export function toast(text: string): void {
+  const t = $('toast');
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => (t.hidden = true), 6000);
+}
+
+// ---- routing ---------------------------------------------------------------
+
+function route(): void {
+  const admin = location.hash.startsWith('#/admin');
+  if (admin) {
+    $('login-view').hidden = true;
+    $('chat-view').hidden = true;
+    $('admin-view').hidden = false;
+    startAdmin();
+    return;
+  }
+  stopAdmin();
+  $('admin-view').hidden = true;
+  if (!session) {
+    showLogin();
+    return;
+  }
+  $('chat-view').hidden = false;
+  render();
+}
+
+setInterval(() => {
+  // expire typing indicators
+  const c = current ? convs.get(current) : undefined;
+  if (c && c.typing.size) scheduleRender();
+}, 1000);
+
+setupLogin();
+setupComposer();
+window.addEventListener('hashchange', route);
+const saved = loadSession();
+if (saved) startChat(saved);
+else route();
