@@ -55,6 +55,7 @@ type Router struct {
 	o      RouterOptions
 	mu     sync.Mutex
 	routes []Route
+	stream sync.Map // patterns registered with HandleStream
 }
 
 // NewRouter returns an empty Router.
@@ -87,6 +88,22 @@ func (rt *Router) Handle(pattern string, h http.Handler) {
 	rt.mu.Unlock()
 }
 
+// StreamMux is a Mux that can also register streaming routes (see
+// Router.HandleStream). Route groups that move files check for it.
+type StreamMux interface {
+	Mux
+	HandleStream(pattern string, h http.Handler)
+}
+
+// HandleStream registers a route whose request or response body is a
+// stream of any size (file uploads and downloads): the Router's body cap,
+// deadlines and compression do not apply to it, and h must bound the body
+// and keep its own idle deadlines.
+func (rt *Router) HandleStream(pattern string, h http.Handler) {
+	rt.Handle(pattern, h)
+	rt.stream.Store(pattern, true)
+}
+
 // HandleFunc registers f for pattern.
 func (rt *Router) HandleFunc(pattern string, f func(http.ResponseWriter, *http.Request)) {
 	rt.Handle(pattern, http.HandlerFunc(f))
@@ -113,11 +130,12 @@ func isAPI(r *http.Request) bool {
 
 // ServeHTTP implements http.Handler.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if _, pattern := rt.mux.Handler(r); pattern == "" {
+	_, pattern := rt.mux.Handler(r)
+	if pattern == "" {
 		rt.noRoute(w, r)
 		return
 	}
-	if !isAPI(r) {
+	if _, stream := rt.stream.Load(pattern); !isAPI(r) || stream {
 		rt.mux.ServeHTTP(w, r)
 		return
 	}

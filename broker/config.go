@@ -26,8 +26,10 @@ type Config struct {
 	MQTT MQTTConfig `yaml:"mqtt"`
 	HTTP HTTPConfig `yaml:"http"`
 	Chat ChatConfig `yaml:"chat"`
-	TLS  TLSConfig  `yaml:"tls"`
-	Log  LogConfig  `yaml:"log"`
+	// Media configures attachments (see MediaConfig in wire_media.go).
+	Media MediaConfig `yaml:"media"`
+	TLS   TLSConfig   `yaml:"tls"`
+	Log   LogConfig   `yaml:"log"`
 	// Limits are the per-client, per-address and per-app limits, bans and
 	// flapping detection (see LimitsConfig in limits.go).
 	Limits LimitsConfig `yaml:"limits"`
@@ -211,6 +213,7 @@ func Default() Config {
 		HTTP: HTTPConfig{Addr: ":8080", MaxBody: 1 << 20,
 			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second)},
 		Chat:   ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
+		Media:  defaultMedia(),
 		Log:    LogConfig{Level: "info"},
 		Limits: DefaultLimits(),
 	}
@@ -298,6 +301,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MQTT.ReceiveMaximum == 0 || c.MQTT.MaxInflight == 0 {
 		return errors.New("config: mqtt.receive_maximum and mqtt.max_inflight must be positive")
+	}
+	if err := c.Media.validate(); err != nil {
+		return err
 	}
 	if c.Chat.MaxBody < 1 {
 		return fmt.Errorf("config: chat.max_body %d must be positive", c.Chat.MaxBody)

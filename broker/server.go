@@ -84,6 +84,7 @@ type Server struct {
 	masterKey  string // path of the master key file
 	pushState
 	limits *hooks.Limits
+	mediaState
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -173,6 +174,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.wireChat(); err != nil {
+		return nil, err
+	}
+	if err := s.wireMedia(); err != nil {
 		return nil, err
 	}
 	if err := s.bindListeners(); err != nil {

@@ -87,6 +87,7 @@ func (s *Server) wireChat() error {
 		Devices:      devices{s.identity},
 		OnStored:     s.onStored,
 		RecallWindow: func(app string) time.Duration { return s.identity.AppRecallWindow(context.Background(), app) },
+		Attachments:  s.attachments(),
 		Retention: func(app string) chat.Retention {
 			days, msgs := s.identity.AppRetention(context.Background(), app)
 			return chat.Retention{MaxAge: time.Duration(days) * 24 * time.Hour, MaxMessages: msgs}

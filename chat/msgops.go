@@ -56,7 +56,7 @@ const (
 // SendRequestOf is the SendRequest of a parsed "send" envelope.
 func SendRequestOf(r *protocol.Request) SendRequest {
 	return SendRequest{Conv: r.Conv, To: r.To, CMID: r.CMID, Type: r.Type, Body: r.Body,
-		ReplyTo: r.ReplyTo, Mentions: r.Mentions, MentionAll: r.MentionAll}
+		ReplyTo: r.ReplyTo, Mentions: r.Mentions, MentionAll: r.MentionAll, Attachment: r.Attachment}
 }
 
 // enqOpt adjusts a message enqueueLocked is about to queue.
@@ -405,6 +405,11 @@ func (s *Service) Forward(ctx context.Context, from Sender, in SendRequest, src 
 		return protocol.Ack{}, protocol.Errorf(protocol.CodeBadState, "message %d of %s was recalled", src.Seq, src.Conv)
 	}
 	in.Type, in.Body = m.Type, m.Body
+	if m.Attachment != nil {
+		// The forwarder reads the file through the source conversation;
+		// sending links it to the destination too (see attach.go).
+		in.Attachment = m.Attachment.ID
+	}
 	in.forwarded = m.Forwarded
 	if in.forwarded == nil {
 		in.forwarded = &protocol.Forwarded{From: m.From.User, TS: m.TS}

@@ -22,6 +22,9 @@ type SendRequest struct {
 	MentionAll bool
 
 	forwarded *protocol.Forwarded // set by Forward
+	// Attachment is the ID of an upload the message refers to (see
+	// Options.Attachments).
+	Attachment string
 }
 
 // maxAppendAttempts bounds the retries of an append that lost a race with
@@ -178,11 +181,18 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 		}
 	}
 	var opts []enqOpt
+	var att *protocol.Attachment
 	if err == nil {
 		err = s.checkWrite(ctx, from, v, r) // blocks and mutes (contacts.go, groupadmin.go)
 	}
 	if err == nil {
 		opts, err = s.sendExtras(ctx, from, v, in)
+	}
+	if err == nil {
+		att, err = s.attach(ctx, from, v.conv.ID, in.Type, in.Attachment)
+		if att != nil {
+			opts = append(opts, func(q *enqueueing) { q.msg.Attachment = att })
+		}
 	}
 	if err == nil {
 		err = s.enqueueLocked(ctx, cs, from.App, v, protocol.Sender{User: from.User, Device: from.Device}, in.CMID, in.Type, in.Body, nil, finish, opts...)

@@ -83,6 +83,12 @@ type Options struct {
 	// Now is the clock; nil uses time.Now.
 	Now func() time.Time
 
+	// Attachments, if set, resolves the uploads that messages refer to
+	// (their "attachment"), and makes one required for messages of type
+	// image, file, audio and video. Without it a message with an
+	// attachment is refused.
+	Attachments Attachments
+
 	// Devices, if set, answers the "push" request: a device registering
 	// its push token.
 	Devices Devices

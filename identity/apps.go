@@ -362,7 +362,20 @@ func checkSettings(app string, st storage.AppSettings) error {
 	if st.RecallSeconds < -1 || st.RecallSeconds > 366*24*3600 {
 		return invalid("recall_seconds", "must be -1 (senders may not recall), 0 (the default, 120) or up to a year")
 	}
+	if st.MaxUploadBytes < 0 {
+		return invalid("max_upload_bytes", "must be 0 (the server's default) or positive")
+	}
 	return nil
+}
+
+// AppMaxUpload returns an app's attachment size limit, 0 if it sets none
+// (or is unknown).
+func (s *Service) AppMaxUpload(ctx context.Context, app string) int64 {
+	a, err := s.GetApp(ctx, app)
+	if err != nil {
+		return 0
+	}
+	return a.Settings.MaxUploadBytes
 }
 
 // AppRecallWindow returns how long a sender may recall a message in app:

@@ -147,6 +147,9 @@ type Request struct {
 	CMID string          `json:"cmid,omitempty"`
 	Type string          `json:"type,omitempty"`
 	Body json.RawMessage `json:"body,omitempty"`
+	// Attachment is the ID of an upload the message refers to; required
+	// for types image, file, audio and video (see Attachment).
+	Attachment string `json:"attachment,omitempty"`
 
 	// create, add, remove, role
 	Kind    string   `json:"kind,omitempty"`
@@ -300,6 +303,11 @@ func (r *Request) validate(lim Limits) error {
 		}
 		if len(r.Body) > lim.MaxBody {
 			return Errorf(CodeTooLarge, "body of %d bytes exceeds %d", len(r.Body), lim.MaxBody)
+		}
+		if r.Attachment != "" {
+			if err := CheckID("attachment", r.Attachment); err != nil {
+				return idErr(err)
+			}
 		}
 		return r.validateSendExtras()
 	case OpCreate:
@@ -504,6 +512,9 @@ type Message struct {
 	RecalledBy string     `json:"recalled_by,omitempty"`
 	RecalledTS int64      `json:"recalled_ts,omitempty"`
 	Reactions  []Reaction `json:"reactions,omitempty"`
+	// Attachment describes the upload the message refers to, as the
+	// server established it.
+	Attachment *Attachment `json:"attachment,omitempty"`
 }
 
 // Receipt tells the author (and the reader's other devices) how far a member

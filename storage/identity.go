@@ -61,6 +61,9 @@ type AppSettings struct {
 	// recall it: 0 means the default (120 s), -1 that senders may not
 	// (group admins and owners still may).
 	RecallSeconds int `json:"recall_seconds,omitempty"`
+	// MaxUploadBytes is the largest attachment a user may upload; 0 uses
+	// the server's media.max_upload.
+	MaxUploadBytes int64 `json:"max_upload_bytes,omitempty"`
 }
 
 // TopicRule is one pattern rule in the style of mosquitto's ACL patterns,

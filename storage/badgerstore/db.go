@@ -11,6 +11,7 @@
 //	m/   chat: the per-conversation message log
 //	p/   push bridge: queue and ledger
 //	q/   broker: retained messages and persistent MQTT sessions
+//	f/   media: file records, blob references, uploads in progress
 //	w/   webhooks and service events
 //	s/   server-wide settings and secrets
 //
