@@ -205,8 +205,26 @@ func TestImageMessageOverHTTPAndMQTT(t *testing.T) {
 		t.Fatalf("carol uploads for pics: %d %s", r.status, r.body)
 	}
 	if c := carol.requestErr(t, map[string]any{"to": "alice", "cmid": "x1", "type": "image", "attachment": id, "body": map[string]any{}}); c != protocol.CodeNotFound {
-		t.Fatalf("carol forwards alice's file: %s", c)
+		t.Fatalf("carol sends alice's file: %s", c)
 	}
+	// bob forwards the picture to carol: the file is shared with their
+	// conversation, so carol may now download it.
+	fwd := bob.request(t, map[string]any{"op": "forward", "to": "carol", "cmid": "f1", "src": map[string]any{"conv": "pics", "id": ack["id"], "seq": ack["seq"]}})
+	if fm := carol.expectMsg(t, fwd["conv"].(string), uint64(fwd["seq"].(float64))); fm.Attachment == nil || fm.Attachment.ID != id {
+		t.Fatalf("forwarded message %+v", fm)
+	}
+	if r := doHTTP(t, s, "GET", a.URL, carolTok, nil, nil); r.status != 200 || !bytes.Equal(r.body, img) {
+		t.Fatalf("carol after the forward: %d", r.status)
+	}
+	dave := chatConnect(t, s, tcp(), "dave", "phone")
+	daveTok := userToken(t, s, "dave")
+	if r := doHTTP(t, s, "GET", a.URL, daveTok, nil, nil); r.status != http.StatusNotFound {
+		t.Fatalf("dave: %d", r.status)
+	}
+	if c := dave.requestErr(t, map[string]any{"to": "carol", "cmid": "d1", "type": "file", "attachment": id, "body": map[string]any{}}); c != protocol.CodeNotFound {
+		t.Fatalf("dave sends a file he cannot read: %s", c)
+	}
+
 	// Attachment types need an attachment; an image needs an image.
 	if c := alice.requestErr(t, map[string]any{"conv": "pics", "cmid": "x2", "type": "file", "body": map[string]any{}}); c != protocol.CodeBadRequest {
 		t.Fatalf("file without attachment: %s", c)
