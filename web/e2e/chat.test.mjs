@@ -123,7 +123,18 @@ test('two users sign in and chat with receipts and unread counts', async () => {
   assert.deepEqual(await texts(bob), ['Hi Bob! Lunch today?']);
   await waitStatus(alice, 'Hi Bob! Lunch today?', 'read');
   await item.locator('.badge').waitFor({ state: 'detached' });
+  await bob.locator('#conv-sub', { hasText: 'online' }).waitFor(); // alice's presence
+
+  // bob types: alice sees it in the conversation and in her list; the
+  // message ends it.
+  await bob.fill('#composer-input', 'Sure, 12:30');
+  await alice.locator('#typing', { hasText: 'bob is typing…' }).waitFor();
+  await convItem(alice, 'bob').locator('.typing-now').waitFor();
+  await alice.locator('#conv-sub', { hasText: 'online' }).waitFor(); // bob's presence
+  await screenshot(alice, 'typing');
+  await bob.fill('#composer-input', '');
   await sendText(bob, 'Sure, 12:30 at the usual place.');
+  await waitFor('the typing notice to end', async () => (await alice.locator('#typing').textContent()) === '');
   await alice.locator('#messages .text', { hasText: '12:30' }).waitFor();
   await waitStatus(bob, 'Sure, 12:30 at the usual place.', 'read');
   await screenshot(alice, 'direct-chat-read');

@@ -294,14 +294,44 @@ function onReceipt(r: Receipt): void {
   scheduleRender();
 }
 
+// TYPING_SHOWN is how long a typing notice shows: the sender repeats it
+// every TYPING_EVERY while typing, and a sent message ends it.
+const TYPING_SHOWN = 5500;
+const TYPING_EVERY = 3000;
+
 function onOther(e: any): void {
   if (e.kind === 'typing' && e.conv && e.user && e.user !== session?.user) {
     const c = convs.get(e.conv);
     if (!c) return;
-    if (e.state === 'stop' || e.typing === false) c.typing.delete(e.user);
-    else c.typing.set(e.user, Date.now() + 6000);
+    c.typing.set(e.user, Date.now() + TYPING_SHOWN);
+    scheduleRender();
+  } else if (e.kind === 'presence' && e.user) {
+    presence.set(e.user, e);
     scheduleRender();
   }
+}
+
+const presence = new Map<string, { state: string; last_seen?: number }>();
+
+// watchPresence asks for the presence of the open direct chat's peer; the
+// server then sends changes to this device until the next request.
+async function watchPresence(c: Conv): Promise<void> {
+  const users = c.peer && c.info.kind === 'direct' ? [c.peer] : [];
+  try {
+    const r = await client!.op<{ users: { user: string; state: string; last_seen?: number }[] }>('presence', { users });
+    for (const u of r.users ?? []) presence.set(u.user, u);
+    scheduleRender();
+  } catch {
+    /* presence is optional */
+  }
+}
+
+function presenceText(user: string): string {
+  const p = presence.get(user);
+  if (!p) return '';
+  if (p.state === 'online') return 'online';
+  if (p.state === 'offline' && p.last_seen) return `last seen ${fmtTime(p.last_seen)}`;
+  return '';
 }
 
 let deliveredTimer: ReturnType<typeof setTimeout> | undefined;
@@ -355,6 +385,7 @@ async function openConv(id: string, focus = true): Promise<void> {
   }
   markRead(c);
   void refreshReads(c);
+  void watchPresence(c);
   render();
 }
 
@@ -467,7 +498,10 @@ function adoptDraft(draft: Conv, conv: string): void {
   }
   real.historyLoaded = real.historyLoaded || real.info.last_seq <= 1;
   convs.delete(draft.id);
-  if (current === draft.id) current = conv;
+  if (current === draft.id) {
+    current = conv;
+    void watchPresence(real);
+  }
 }
 
 function flushOutbox(): void {
@@ -482,6 +516,7 @@ function setupComposer(): void {
     if (!c || !text) return;
     input.value = '';
     autoGrow(input);
+    typingSentAt = 0;
     send(c, 'text', { text });
   };
   $('composer').addEventListener('submit', (ev) => {
@@ -525,10 +560,19 @@ function autoGrow(t: HTMLTextAreaElement): void {
   t.style.height = `${Math.min(t.scrollHeight, 160)}px`;
 }
 
-// Typing indicators need the server's typing op; until it exists the hook
-// below only records the wish.
+// onTypingInput tells the conversation's other members that this user is
+// typing, at most once every TYPING_EVERY (the server limits it too).
+let typingSentAt = 0;
+let typingConv = '';
 function onTypingInput(): void {
-  /* replaced when the typing op is available */
+  const c = current ? convs.get(current) : undefined;
+  const text = ($('composer-input') as HTMLTextAreaElement).value.trim();
+  if (!c || !text || c.id.startsWith('to:')) return;
+  const now = Date.now();
+  if (typingConv === c.id && now - typingSentAt < TYPING_EVERY) return;
+  typingConv = c.id;
+  typingSentAt = now;
+  client?.notify({ op: 'typing', conv: c.id });
 }
 
 async function startConversation(): Promise<void> {
@@ -645,7 +689,9 @@ function renderList(): void {
         el('span', { class: `avatar ${c.info.kind}`, 'aria-hidden': 'true' }, initials(title)),
         el('span', { class: 'conv-text' },
           el('span', { class: 'conv-name' }, title),
-          el('span', { class: 'conv-preview' }, m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : ''),
+          typingNow(c).length
+            ? el('span', { class: 'conv-preview typing-now' }, 'typing…')
+            : el('span', { class: 'conv-preview' }, m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : ''),
         ),
         el('span', { class: 'conv-meta' },
           el('span', { class: 'time' }, m ? fmtTime(m.ts) : ''),
@@ -656,6 +702,11 @@ function renderList(): void {
       return el('li', {}, btn);
     }),
   );
+}
+
+function typingNow(c: Conv): string[] {
+  const now = Date.now();
+  return [...c.typing].filter(([, until]) => until > now).map(([u]) => u);
 }
 
 function initials(s: string): string {
@@ -680,7 +731,9 @@ function renderConv(): void {
   const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
   $('conv-title').textContent = convTitle(c);
   $('conv-sub').textContent =
-    c.info.kind === 'direct' || c.id.startsWith('to:') ? 'Direct message' : `${c.info.kind === 'channel' ? 'Channel' : 'Group'} · ${c.info.members} members`;
+    c.info.kind === 'direct' || c.id.startsWith('to:')
+      ? (c.peer && presenceText(c.peer)) || 'Direct message'
+      : `${c.info.kind === 'channel' ? 'Channel' : 'Group'} · ${c.info.members} members`;
   $('load-older').hidden = !c.more;
   const msgs = [...c.msgs.values()].sort((a, b) => a.seq - b.seq);
   const nodes: HTMLElement[] = [];
@@ -695,8 +748,7 @@ function renderConv(): void {
   }
   for (const o of c.outbox) nodes.push(renderOut(c, o));
   list.replaceChildren(...nodes);
-  const now = Date.now();
-  const typers = [...c.typing].filter(([, until]) => until > now).map(([u]) => u);
+  const typers = typingNow(c);
   $('typing').textContent = typers.length ? `${typers.join(', ')} ${typers.length > 1 ? 'are' : 'is'} typing…` : '';
   if (atBottom) scroller.scrollTop = scroller.scrollHeight;
 }
@@ -789,9 +841,18 @@ function route(): void {
 
 setInterval(() => {
   // expire typing indicators
-  const c = current ? convs.get(current) : undefined;
-  if (c && c.typing.size) scheduleRender();
-}, 1000);
+  const now = Date.now();
+  let changed = false;
+  for (const c of convs.values()) {
+    for (const [u, until] of c.typing) {
+      if (until <= now) {
+        c.typing.delete(u);
+        changed = true;
+      }
+    }
+  }
+  if (changed) scheduleRender();
+}, 500);
 
 setupLogin();
 setupComposer();

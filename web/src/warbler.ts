@@ -300,6 +300,15 @@ export class WarblerClient {
     });
   }
 
+  /**
+   * notify publishes a request that needs no answer (a typing notice) at
+   * QoS 0; it is dropped while offline.
+   */
+  notify(payload: Record<string, unknown>): void {
+    if (!this.c || !this.online) return;
+    this.c.publish(this.session.topics.uplink, JSON.stringify(payload), { qos: 0 });
+  }
+
   /** op sends a request {"op": name, ...fields}. */
   op<T = any>(name: string, fields: Record<string, unknown> = {}): Promise<T> {
     return this.request<T>({ op: name, ...fields });
