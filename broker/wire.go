@@ -112,6 +112,7 @@ func (s *Server) wireChat() error {
 	}
 	stop := svc.StartRetention(10 * time.Minute)
 	s.closers = append(s.closers, func() error { stop(); return nil })
+	s.closers = append(s.closers, func() error { svc.StopCalls(); return nil })
 	api.NewChatAPI(api.ChatOptions{Service: svc, Identity: s.identity}).Register(s.mux)
 
 	s.metrics.Registry.MustRegister(

@@ -48,19 +48,20 @@ import (
 const DefaultCallRingTimeout = 45 * time.Second
 
 type callTable struct {
-	mu sync.Mutex
-	m  map[string]*call // app/call ID
+	mu    sync.Mutex
+	m     map[string]*call // app/call ID
+	users map[string]int   // app/user -> calls in progress
 }
 
 // call is one call in progress. Its fields change only under its
 // conversation's lock and callTable.mu, and are read under either.
 type call struct {
-	id, conv, media   string
-	caller, callerDev string
-	callee, calleeDev string // calleeDev once accepted
-	state             string
-	rang, answered    time.Time
-	timer             *time.Timer
+	app, id, conv, media string
+	caller, callerDev    string
+	callee, calleeDev    string // calleeDev once accepted
+	state                string
+	rang, answered       time.Time
+	timer                *time.Timer
 }
 
 func (t *callTable) get(key string) *call {
@@ -69,18 +70,31 @@ func (t *callTable) get(key string) *call {
 	return t.m[key]
 }
 
-// reserve claims key for c; false if a call with that ID is in progress.
-func (t *callTable) reserve(key string, c *call) bool {
+// MaxCallsPerUser bounds the calls one user is in at once (ringing or
+// active, as caller or callee).
+const MaxCallsPerUser = 4
+
+// reserve claims key for c, unless a call with that ID is in progress or
+// either user is in MaxCallsPerUser calls.
+func (t *callTable) reserve(key string, c *call) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil {
 		t.m = map[string]*call{}
+		t.users = map[string]int{}
 	}
 	if _, ok := t.m[key]; ok {
-		return false
+		return protocol.Errorf(protocol.CodeExists, "call %s is in progress", c.id)
+	}
+	for _, u := range []string{c.caller, c.callee} {
+		if t.users[c.app+"/"+u] >= MaxCallsPerUser {
+			return protocol.Errorf(protocol.CodeFull, "%s is in %d calls already", u, MaxCallsPerUser)
+		}
 	}
 	t.m[key] = c
-	return true
+	t.users[c.app+"/"+c.caller]++
+	t.users[c.app+"/"+c.callee]++
+	return nil
 }
 
 func (t *callTable) drop(key string, c *call) {
@@ -88,7 +102,26 @@ func (t *callTable) drop(key string, c *call) {
 	defer t.mu.Unlock()
 	if t.m[key] == c {
 		delete(t.m, key)
+		for _, u := range []string{c.app + "/" + c.caller, c.app + "/" + c.callee} {
+			if t.users[u]--; t.users[u] <= 0 {
+				delete(t.users, u)
+			}
+		}
 	}
+}
+
+// StopCalls forgets the calls in progress and stops their ring timers;
+// call it before the store closes. Requests about them then get not_found,
+// as after a restart.
+func (s *Service) StopCalls() {
+	s.calls.mu.Lock()
+	defer s.calls.mu.Unlock()
+	for _, c := range s.calls.m {
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	}
+	s.calls.m, s.calls.users = nil, nil
 }
 
 // Calls returns how many calls are in progress (ringing or active).
@@ -117,6 +150,9 @@ func (s *Service) Call(ctx context.Context, from Sender, conv, to string, sig pr
 		return s.callSignal(from, conv, key, sig)
 	}
 
+	if err := s.allowWrite(from); err != nil {
+		return res, err
+	}
 	cs := s.conv(from.App, conv)
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
@@ -156,9 +192,9 @@ func (s *Service) Call(ctx context.Context, from Sender, conv, to string, sig pr
 		if media == "" {
 			media = "audio"
 		}
-		c := &call{id: sig.ID, conv: conv, media: media, caller: from.User, callerDev: from.Device, callee: peer, state: protocol.CallRinging, rang: now}
-		if !s.calls.reserve(key, c) {
-			return res, protocol.Errorf(protocol.CodeExists, "call %s is in progress", sig.ID)
+		c := &call{app: from.App, id: sig.ID, conv: conv, media: media, caller: from.User, callerDev: from.Device, callee: peer, state: protocol.CallRinging, rang: now}
+		if err := s.calls.reserve(key, c); err != nil {
+			return res, err
 		}
 		ack, err := s.callEvent(ctx, cs, from.App, conv, protocol.Sender{User: from.User, Device: from.Device},
 			protocol.CallEvent{Call: sig.ID, Action: protocol.CallRing, State: protocol.CallRinging, Media: media}, true)

@@ -99,6 +99,17 @@ func (s *Service) handleMsgOp(ctx context.Context, from Sender, r *protocol.Requ
 	return nil, false, nil
 }
 
+// allowWrite applies the send quota to an operation that appends to the
+// log (edits, recalls, reactions, call state changes): they cost what a
+// send costs.
+func (s *Service) allowWrite(from Sender) error {
+	if from.Service || s.quota == nil || s.quota.allow(from.App+"/"+from.User, s.now()) {
+		return nil
+	}
+	s.denied.Add(1)
+	return protocol.Errorf(protocol.CodeQuota, "send quota of %g messages/s (burst %d) exceeded; retry later", s.o.SendRate, s.o.SendBurst)
+}
+
 func errNoMessage(conv string, seq uint64) error {
 	return protocol.Errorf(protocol.CodeNotFound, "message %d of %s does not exist (or retention removed it)", seq, conv)
 }
@@ -155,6 +166,9 @@ type change struct {
 // comment.
 func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq uint64, decide func(v *convView, role storage.Role, m *protocol.Message) (*change, error)) (protocol.OpResult, error) {
 	res := protocol.OpResult{Conv: conv, Ref: protocol.Ref{ID: id, Seq: seq}}
+	if err := s.allowWrite(from); err != nil {
+		return res, err
+	}
 	cs := s.conv(from.App, conv)
 	cs.mu.Lock()
 	defer cs.mu.Unlock()

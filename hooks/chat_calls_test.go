@@ -1,6 +1,7 @@
 package hooks_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -150,6 +151,14 @@ func TestCallSignalling(t *testing.T) {
 	result(t, alice.request(callReq("bob", "c3", "hangup", nil)))
 	if b := bobLaptop.expect(callEvent("c3", "hangup")).data["body"].(map[string]any); b["reason"] != "canceled" {
 		t.Fatalf("cancel event %v", b)
+	}
+	// One user is in at most chat.MaxCallsPerUser calls at once.
+	for i := 0; i < chat.MaxCallsPerUser; i++ {
+		result(t, alice.request(callReq("bob", fmt.Sprint("p", i), "ring", nil)))
+	}
+	alice.refused(callReq("bob", "p-extra", "ring", nil), "full", packets.ErrImplementationSpecificError.Code)
+	for i := 0; i < chat.MaxCallsPerUser; i++ {
+		result(t, alice.request(callReq("bob", fmt.Sprint("p", i), "hangup", nil)))
 	}
 	// Calls are for direct conversations, between devices.
 	result(t, alice.request(map[string]any{"op": "create", "kind": "group", "conv": "g", "members": []string{"bob"}}))

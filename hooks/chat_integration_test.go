@@ -103,6 +103,7 @@ func startBrokerHook(t testing.TB, mod func(*mqtt.Options, *chat.Options), hookM
 	waitDial(t, wsAddr)
 	t.Cleanup(func() {
 		srv.Close()
+		svc.StopCalls()
 		store.Close()
 		db.Close()
 	})

@@ -395,3 +395,17 @@ func TestMsgOpsBlocksMutesVisibility(t *testing.T) {
 	rp["cmid"], rp["reply_to"] = "n2", map[string]any{"id": after["id"], "seq": after["seq"]}
 	result(t, neu.request(rp))
 }
+
+// Operations that append to the log count against the send quota.
+func TestMsgOpsQuota(t *testing.T) {
+	b := startBroker(t, func(_ *mqtt.Options, co *chat.Options) { co.SendRate, co.SendBurst = 0.001, 3 })
+	amy := connect(t, "mqtt://"+b.tcp, "amy", "phone")
+	m := result(t, amy.request(send("", "bo", "x", "hi")))
+	react := func(e string) map[string]any {
+		return map[string]any{"op": "react", "conv": m["conv"], "id": m["id"], "seq": m["seq"], "emoji": e}
+	}
+	result(t, amy.request(react("a")))
+	result(t, amy.request(react("b")))
+	amy.refused(react("c"), "quota_exceeded", packets.ErrQuotaExceeded.Code)
+	amy.refused(callReq("bo", "c1", "ring", nil), "quota_exceeded", packets.ErrQuotaExceeded.Code)
+}
