@@ -26,6 +26,8 @@ import (
 //	i/k/{keyid}               APIKey
 //	i/t/{app}/{id}            TokenRevocation (expires with the token)
 //	i/r/{app}/{user}          UserRevocation
+//	i/g/{app}/{tag}\x00{user} tag index entry (empty value); see audience.go
+//	i/gv                      marks the tag index as built
 const (
 	pfxApp     = "i/a/"
 	pfxUser    = "i/u/"
@@ -48,13 +50,19 @@ type IdentityStore struct {
 	db    *DB
 	seed  maphash.Seed
 	locks [64]sync.Mutex
+	tags  tagCache
+	// idxErr is why the tag index could not be built at open, if it
+	// could not; the index queries return it.
+	idxErr error
 }
 
 var _ storage.IdentityStore = (*IdentityStore)(nil)
 
 // NewIdentityStore returns the identity store of db.
 func NewIdentityStore(db *DB) *IdentityStore {
-	return &IdentityStore{db: db, seed: maphash.MakeSeed()}
+	s := &IdentityStore{db: db, seed: maphash.MakeSeed()}
+	s.idxErr = s.buildTagIndex()
+	return s
 }
 
 func (s *IdentityStore) lock(k []byte) *sync.Mutex {
@@ -204,6 +212,7 @@ func (s *IdentityStore) UpdateApp(ctx context.Context, id string, fn func(*stora
 // CreateUser implements storage.UserStore.
 func (s *IdentityStore) CreateUser(ctx context.Context, u storage.User, c *storage.Credential) error {
 	uk := key(pfxUser, u.App, u.ID)
+	defer s.tags.invalidate(u.App)
 	return s.write(ctx, func(txn *badger.Txn) error {
 		if _, err := txn.Get(uk); err == nil {
 			return storage.ErrExists
@@ -211,6 +220,9 @@ func (s *IdentityStore) CreateUser(ctx context.Context, u storage.User, c *stora
 			return err
 		}
 		if err := set(txn, uk, u); err != nil {
+			return err
+		}
+		if err := indexTags(txn, u.App, u.ID, nil, u.Tags); err != nil {
 			return err
 		}
 		if c != nil {
@@ -260,8 +272,33 @@ func (s *IdentityStore) CountUsers(ctx context.Context, app string) (int, error)
 }
 
 // UpdateUser implements storage.UserStore.
+// It keeps the tag index in step with the user's tags in the same write.
 func (s *IdentityStore) UpdateUser(ctx context.Context, app, id string, fn func(*storage.User) error) (storage.User, error) {
-	return update(ctx, s, key(pfxUser, app, id), nil, fn)
+	k := key(pfxUser, app, id)
+	mu := s.lock(k)
+	mu.Lock()
+	defer mu.Unlock()
+	defer s.tags.invalidate(app)
+	var out storage.User
+	err := s.write(ctx, func(txn *badger.Txn) error {
+		var cur storage.User
+		if err := get(txn, k, &cur); err != nil {
+			return err
+		}
+		old := append([]string(nil), cur.Tags...)
+		if err := fn(&cur); err != nil {
+			return err
+		}
+		if err := indexTags(txn, app, id, old, cur.Tags); err != nil {
+			return err
+		}
+		out = cur
+		return set(txn, k, cur)
+	})
+	if err != nil {
+		return storage.User{}, err
+	}
+	return out, nil
 }
 
 // Devices.
