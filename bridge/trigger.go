@@ -200,6 +200,9 @@ func (b *Bridge) merge(old storage.PushRecord, nu *storage.PushRecord) {
 	if old.Due.Before(nu.Due) {
 		nu.Due = old.Due
 	}
+	if nu.Data["campaign"] != "" { // a campaign resent after a crash: the same notification
+		return
+	}
 	nu.Count = max(old.Count, 1) + max(nu.Count, 1)
 	if nu.Data == nil {
 		nu.Data = map[string]string{}

@@ -39,6 +39,7 @@ func (s *Server) wireBridge(masterKeyPath string, chatStore storage.ChatStore) e
 		Directory: bridge.IdentityDirectory{Service: s.identity},
 		Presence:  presence{s},
 		Positions: positions{store: chatStore, chat: s.chat},
+		OnFinish:  s.pushFinished,
 		Logger:    s.log.With("component", "push"),
 	})
 	if err != nil {
@@ -48,6 +49,7 @@ func (s *Server) wireBridge(masterKeyPath string, chatStore storage.ChatStore) e
 		return fmt.Errorf("push bridge: %w", err)
 	}
 	s.bridge = br
+	s.chatStore = chatStore
 	s.metrics.Registry.MustRegister(br.Collector(), prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "warbler_push_handoff_errors_total", Help: "Stored chat messages the push bridge could not queue (logged)."},
 		func() float64 { return float64(s.pushErrs.Load()) }))

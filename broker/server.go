@@ -83,6 +83,7 @@ type Server struct {
 	chat       *chat.Service
 	masterKey  string // path of the master key file
 	pushState
+	campaignState
 	limits *hooks.Limits
 	mediaState
 
@@ -177,6 +178,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.wireMedia(); err != nil {
+		return nil, err
+	}
+	if err := s.wireCampaigns(); err != nil {
 		return nil, err
 	}
 	if err := s.bindListeners(); err != nil {

@@ -22,8 +22,9 @@ import (
 // app on first start) and installs the authentication and ACL hooks and the
 // identity HTTP routes.
 func (s *Server) wireIdentity() error {
+	s.idStore = badgerstore.NewIdentityStore(s.db)
 	b, err := identity.Bootstrap(context.Background(), s.cfg.Data, identity.Options{
-		Store: badgerstore.NewIdentityStore(s.db),
+		Store: s.idStore,
 	})
 	if err != nil {
 		return err

@@ -365,6 +365,9 @@ func checkSettings(app string, st storage.AppSettings) error {
 	if st.MaxUploadBytes < 0 {
 		return invalid("max_upload_bytes", "must be 0 (the server's default) or positive")
 	}
+	if st.EventRetentionDays < 0 || st.EventRetentionDays > 400 {
+		return invalid("event_retention_days", "must be between 0 (the default, 90) and 400")
+	}
 	return nil
 }
 

@@ -60,3 +60,32 @@ func (s *Service) CreateUsers(ctx context.Context, app string, specs []UserSpec)
 	}
 	return users, nil
 }
+
+// EditLabels changes a user's tags and attributes atomically: edit gets
+// copies of the current ones and returns the new ones, which are checked
+// against the limits on user fields. Concurrent edits of one user are
+// applied one after the other, so two callers adding different tags both
+// keep theirs.
+func (s *Service) EditLabels(ctx context.Context, app, id string, edit func(tags []string, attrs map[string]string) ([]string, map[string]string, error)) (storage.User, error) {
+	if _, err := s.GetUser(ctx, app, id); err != nil {
+		return storage.User{}, err
+	}
+	return s.store.UpdateUser(ctx, app, id, func(u *storage.User) error {
+		attrs := make(map[string]string, len(u.Attrs))
+		for k, v := range u.Attrs {
+			attrs[k] = v
+		}
+		tags, attrs, err := edit(append([]string(nil), u.Tags...), attrs)
+		if err != nil {
+			return err
+		}
+		if err := checkUserFields(u.DisplayName, tags, attrs); err != nil {
+			return err
+		}
+		if len(attrs) == 0 {
+			attrs = nil
+		}
+		u.Tags, u.Attrs, u.UpdatedAt = tags, attrs, s.now().UTC()
+		return nil
+	})
+}

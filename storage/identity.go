@@ -64,6 +64,9 @@ type AppSettings struct {
 	// MaxUploadBytes is the largest attachment a user may upload; 0 uses
 	// the server's media.max_upload.
 	MaxUploadBytes int64 `json:"max_upload_bytes,omitempty"`
+	// EventRetentionDays is how long behaviour events are kept for
+	// segment rules; 0 means the default, 90 days.
+	EventRetentionDays int `json:"event_retention_days,omitempty"`
 }
 
 // TopicRule is one pattern rule in the style of mosquitto's ACL patterns,

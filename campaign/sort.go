@@ -1,0 +1,5 @@
+package campaign
+
+import "sort"
+
+func sortStrings(s []string) { sort.Strings(s) }
