@@ -59,7 +59,7 @@ func NewAudienceAPI(o AudienceOptions) *AudienceAPI {
 }
 
 // Register mounts the routes on mux.
-func (a *AudienceAPI) Register(mux *http.ServeMux) {
+func (a *AudienceAPI) Register(mux Mux) {
 	h := func(pattern string, f HandlerFunc) { mux.Handle(pattern, f) }
 	h("GET /v1/apps/{app}/users/{user}/tags", a.getTags)
 	h("PUT /v1/apps/{app}/users/{user}/tags", a.putTags)

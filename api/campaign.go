@@ -51,7 +51,7 @@ func NewCampaignAPI(o CampaignOptions) *CampaignAPI {
 }
 
 // Register mounts the routes on mux.
-func (c *CampaignAPI) Register(mux *http.ServeMux) {
+func (c *CampaignAPI) Register(mux Mux) {
 	h := func(pattern string, f HandlerFunc) { mux.Handle(pattern, f) }
 	h("POST /v1/apps/{app}/campaigns", c.create)
 	h("POST /v1/push", c.create)
