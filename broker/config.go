@@ -33,6 +33,9 @@ type Config struct {
 	// Limits are the per-client, per-address and per-app limits, bans and
 	// flapping detection (see LimitsConfig in limits.go).
 	Limits LimitsConfig `yaml:"limits"`
+	// Webhooks configures webhook delivery (see WebhooksConfig in
+	// wire_webhooks.go).
+	Webhooks WebhooksConfig `yaml:"webhooks"`
 }
 
 // MQTTConfig configures the MQTT listeners and the limits of the embedded
@@ -212,10 +215,11 @@ func Default() Config {
 		},
 		HTTP: HTTPConfig{Addr: ":8080", MaxBody: 1 << 20,
 			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second)},
-		Chat:   ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
-		Media:  defaultMedia(),
-		Log:    LogConfig{Level: "info"},
-		Limits: DefaultLimits(),
+		Chat:     ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
+		Media:    defaultMedia(),
+		Log:      LogConfig{Level: "info"},
+		Limits:   DefaultLimits(),
+		Webhooks: DefaultWebhooks(),
 	}
 }
 
@@ -324,6 +328,9 @@ func (c *Config) Validate() error {
 		return errors.New("config: http.tls needs tls.cert_file and tls.key_file")
 	}
 	if err := c.Limits.Validate(); err != nil {
+		return err
+	}
+	if err := c.Webhooks.Validate(); err != nil {
 		return err
 	}
 	switch strings.ToLower(c.Log.Level) {

@@ -36,6 +36,7 @@ import (
 	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/storage/badgerstore"
 	"github.com/warblerim/warbler/web"
+	"github.com/warblerim/warbler/webhook"
 )
 
 // Options are the programmatic extras of a Server that do not belong in the
@@ -86,6 +87,9 @@ type Server struct {
 	campaignState
 	limits *hooks.Limits
 	mediaState
+	// webhooks is set by wireWebhooks; the chat and push hooks publish to
+	// it.
+	webhooks *webhook.Service
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -172,6 +176,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.wireLimits(); err != nil {
+		return nil, err
+	}
+	if err := s.wireWebhooks(); err != nil {
 		return nil, err
 	}
 	if err := s.wireChat(); err != nil {

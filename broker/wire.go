@@ -86,7 +86,9 @@ func (s *Server) wireChat() error {
 		SendRate:     s.cfg.Chat.SendRate,
 		SendBurst:    s.cfg.Chat.SendBurst,
 		Devices:      devices{s.identity},
-		OnStored:     s.onStored,
+		OnStored:     s.chatStored,
+		OnSystem:     s.chatSystem,
+		OnPresence:   s.chatPresence,
 		RecallWindow: func(app string) time.Duration { return s.identity.AppRecallWindow(context.Background(), app) },
 		Attachments:  s.attachments(),
 		Retention: func(app string) chat.Retention {

@@ -99,6 +99,9 @@ func (s *Service) Connected(app, user, device string, conn any) {
 		go s.touchLastSeen(app, user, s.now().UnixMilli())
 	}
 	if first {
+		if s.o.OnPresence != nil {
+			s.o.OnPresence(app, user, device, true, s.now().UnixMilli())
+		}
 		s.presenceChanged(app, user, protocol.PresenceInfo{User: user, State: protocol.PresenceOnline})
 	}
 }
@@ -137,6 +140,9 @@ func (s *Service) Disconnected(app, user, device string, conn any) {
 		s.touchLastSeen(app, user, now)
 	}
 	if last {
+		if s.o.OnPresence != nil {
+			s.o.OnPresence(app, user, device, false, now)
+		}
 		s.presenceChanged(app, user, protocol.PresenceInfo{User: user, State: protocol.PresenceOffline, LastSeen: now})
 	}
 }

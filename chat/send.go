@@ -250,7 +250,7 @@ type pending struct {
 	ack   protocol.Ack
 	err   error
 	done  func(protocol.Ack, error)
-	msg   *protocol.Message // for Options.OnStored; nil when not needed
+	msg   *protocol.Message // for Options.OnStored or OnSystem; nil when not needed
 }
 
 // enqueueLocked assigns the next seq and queues the durable append of a
@@ -318,7 +318,7 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 		ack:  protocol.Ack{ID: msg.ID, Conv: c.ID, Seq: msg.Seq, TS: msg.TS},
 		done: done,
 	}
-	if s.o.OnStored != nil && typ != protocol.TypeSystem && !q.noPush {
+	if (s.o.OnStored != nil && typ != protocol.TypeSystem && !q.noPush) || (s.o.OnSystem != nil && typ == protocol.TypeSystem) {
 		p.msg = &msg
 	}
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {
@@ -357,7 +357,11 @@ func (p *pending) finish() {
 	// Hand the message on before reporting the outcome: whoever waits for
 	// outcomes (a graceful stop) then knows every hand-off has started.
 	if p.msg != nil {
-		p.s.o.OnStored(p.app, *p.msg, p.users)
+		if p.msg.Type == protocol.TypeSystem {
+			p.s.o.OnSystem(p.app, *p.msg, p.users)
+		} else {
+			p.s.o.OnStored(p.app, *p.msg, p.users)
+		}
 	}
 	p.done(p.ack, nil)
 }

@@ -98,6 +98,16 @@ type Options struct {
 	// delivery goroutine, so it must hand slow work off (the push bridge
 	// does its lookups and writes elsewhere).
 	OnStored func(app string, msg protocol.Message, recipients []string)
+	// OnSystem, if set, is called like OnStored for every stored system
+	// event (a conversation created, members added or removed, a role
+	// changed), with the members it was delivered to, before the change's
+	// request returns.
+	OnSystem func(app string, msg protocol.Message, recipients []string)
+	// OnPresence, if set, is called when a user comes online (their first
+	// connection opened, with its device) and goes offline (their last one
+	// closed, with its device and the time in unix milliseconds). It runs
+	// on the transport's connect and disconnect path, so it must not block.
+	OnPresence func(app, user, device string, online bool, at int64)
 
 	// Records keeps group settings, invites, contacts, blocks, privacy and
 	// last-seen times; nil uses Store if it implements
