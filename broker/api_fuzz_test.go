@@ -12,7 +12,7 @@ import (
 
 // fuzzRoutes are the admin API endpoints that parse a JSON body: apps,
 // users, devices, tokens, login, bans, push credentials, conversations,
-// members and messages.
+// members, messages and webhooks.
 var fuzzRoutes = []string{
 	"POST /v1/apps", "PATCH /v1/apps/demo", "POST /v1/apps/demo/users", "PATCH /v1/apps/demo/users/alice",
 	"PUT /v1/apps/demo/users/alice/devices/phone", "POST /v1/apps/demo/tokens", "POST /v1/apps/demo/login",
@@ -21,6 +21,7 @@ var fuzzRoutes = []string{
 	"POST /v1/apps/demo/conversations", "PATCH /v1/apps/demo/conversations/team",
 	"POST /v1/apps/demo/conversations/team/members", "PATCH /v1/apps/demo/conversations/team/members/alice",
 	"POST /v1/apps/demo/conversations/team/messages", "POST /v1/apps/demo/users/alice/direct/bob/messages",
+	"POST /v1/apps/demo/webhooks",
 }
 
 // FuzzAPIBodies posts arbitrary bodies, with the admin key, to the real
@@ -41,6 +42,7 @@ func FuzzAPIBodies(f *testing.F) {
 		`{"project_id":"p","service_account":{}}`, `{"alg":"ed25519"}`,
 		`{"id":"team","kind":"group","members":["alice"]}`, `{"name":"Team"}`, `{"users":["bob"],"role":"admin"}`,
 		`{"role":"owner"}`, `{"body":{"text":"hi"},"cmid":"c1"}`, `{"body":"hi","type":"text"}`,
+		`{"url":"https://93.184.216.34/h","events":["user.*"]}`,
 	} {
 		f.Add(uint8(i), []byte(seed))
 	}

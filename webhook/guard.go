@@ -150,6 +150,8 @@ func (g *Guard) CheckURL(ctx context.Context, raw string) (*url.URL, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	ips, err := g.resolve(ctx, u.Hostname())
 	if err != nil {
 		return nil, fmt.Errorf("url: host %s does not resolve", u.Hostname())

@@ -53,7 +53,7 @@ type Options struct {
 	// headers (10 s).
 	Timeout time.Duration
 	// MaxAttempts is how often a delivery is tried before it fails for good
-	// (15, which with the default backoff spans about 6 hours).
+	// (15, which with the default backoff spans 4 to 5½ hours).
 	MaxAttempts int
 	// RetryBase and RetryMax shape the backoff: the n-th retry waits
 	// RetryBase*2^(n-1), at most RetryMax, jittered between half and all
