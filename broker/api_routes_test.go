@@ -60,6 +60,7 @@ func newAPIEnv(t *testing.T) *apiEnv {
 	t.Helper()
 	s := startServer(t, func(c *Config) {
 		c.Limits.HTTP.RatePerKey, c.Limits.HTTP.BurstPerKey = 1e6, 1e6
+		c.Webhooks.AllowPrivate = true // the webhook receiver is on loopback
 	})
 	key, err := os.ReadFile(filepath.Join(s.Config().Data, "admin.key"))
 	if err != nil {
@@ -222,6 +223,7 @@ func apnsStub(t *testing.T) (url, caPEM string) {
 
 func routeCases(t *testing.T) []routeCase {
 	apnsURL, apnsCA := apnsStub(t)
+	hookURL := newHookReceiver(t, nil).URL
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(k)
 	keyPEM := string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
@@ -313,6 +315,29 @@ func routeCases(t *testing.T) []routeCase {
 		{route: "GET /v1/apps/{app}/push/ledger", path: p("/v1/apps/acme/push/ledger"), auth: "key:push", lacking: "acme:users", want: 200},
 		{route: "GET /v1/apps/{app}/push/ledger/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/push/ledger/" + e.vars["push_id"] }, auth: "key:push", lacking: "acme:users", want: 200},
 		{route: "DELETE /v1/apps/{app}/push/credentials/{provider}", path: p("/v1/apps/acme/push/credentials/apns"), auth: "key:push", lacking: "acme:users", want: 204},
+
+		// Webhooks.
+		{route: "POST /v1/apps/{app}/webhooks", path: p("/v1/apps/acme/webhooks"), auth: "key:admin", lacking: "acme:users",
+			body: b(map[string]any{"url": hookURL, "events": []string{"message.created", "user.*"}}), want: 201,
+			after: func(e *apiEnv, r apiResp) {
+				if !strings.HasPrefix(str(r, "secret"), "whsec_") {
+					t.Errorf("create webhook: no secret in %s", r.raw)
+				}
+				e.vars["webhook"] = str(r, "id")
+			}},
+		{route: "GET /v1/apps/{app}/webhooks", path: p("/v1/apps/acme/webhooks"), auth: "key:admin", lacking: "acme:users", want: 200},
+		{route: "GET /v1/apps/{app}/webhooks/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] }, auth: "key:admin", lacking: "acme:users", want: 200},
+		{route: "PATCH /v1/apps/{app}/webhooks/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] }, auth: "key:admin", lacking: "acme:users",
+			body: b(map[string]any{"description": "crm"}), want: 200},
+		{route: "POST /v1/apps/{app}/webhooks/{id}/rotate-secret", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/rotate-secret" }, auth: "key:admin", lacking: "acme:users",
+			body: b(map[string]any{"grace_seconds": 60}), want: 200},
+		{route: "POST /v1/apps/{app}/webhooks/{id}/test", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/test" }, auth: "key:admin", lacking: "acme:users", want: 202,
+			after: func(e *apiEnv, r apiResp) { e.vars["webhook_delivery"] = str(r, "id") }},
+		{route: "GET /v1/apps/{app}/webhooks/{id}/deliveries", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/deliveries" }, auth: "key:admin", lacking: "acme:users", want: 200},
+		{route: "GET /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}", path: func(e *apiEnv) string {
+			return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/deliveries/" + e.vars["webhook_delivery"]
+		}, auth: "key:admin", lacking: "acme:users", want: 200},
+		{route: "DELETE /v1/apps/{app}/webhooks/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] }, auth: "key:admin", lacking: "acme:users", want: 204},
 
 		// Bans.
 		{route: "POST /v1/bans", path: p("/v1/bans"), auth: "admin", body: b(map[string]any{"kind": "ip", "value": "203.0.113.7", "ttl": 60}), want: 201},
