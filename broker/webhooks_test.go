@@ -11,8 +11,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -148,15 +146,6 @@ func keyCall(t *testing.T, s *Server, key, method, path string, body any) (int, 
 		}
 	}
 	return resp.StatusCode, out
-}
-
-func adminKey(t *testing.T, s *Server) string {
-	t.Helper()
-	key, err := os.ReadFile(filepath.Join(s.Config().Data, "admin.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(key))
 }
 
 // createHook creates an endpoint of the demo app and returns its ID and
