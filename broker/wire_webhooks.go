@@ -81,7 +81,7 @@ func (c *WebhooksConfig) allow() ([]netip.Prefix, error) {
 
 // wireWebhooks starts the webhook service and mounts its routes; the chat
 // service and the push bridge publish events to it (chatStored,
-// chatSystem, chatPresence, pushFinished). It runs
+// chatSystem, chatPresence, webhookPushFinished). It runs
 // before wireChat, so that the chat and push hooks find it, and so that
 // it stops after them: events they publish while stopping still reach the
 // queue.
@@ -119,6 +119,7 @@ func (s *Server) wireWebhooks() error {
 		defer cancel()
 		return svc.Close(ctx)
 	})
+	s.OnPushFinished(s.webhookPushFinished)
 	api.NewWebhookAPI(api.WebhookOptions{Service: svc, Identity: s.identity}).Register(s.mux)
 	s.metrics.Registry.MustRegister(svc.Collector())
 	return nil
@@ -160,8 +161,8 @@ func (s *Server) chatSystem(app string, msg protocol.Message, _ []string) {
 	s.webhooks.Publish(app, webhook.EventConversationUpdated, map[string]any{"conv": msg.Conv, "change": ev.Event, "message": msg})
 }
 
-// pushFinished is the push bridge's OnFinish: push.failed.
-func (s *Server) pushFinished(r storage.PushRecord) {
+// webhookPushFinished observes push outcomes (OnPushFinished): push.failed.
+func (s *Server) webhookPushFinished(r storage.PushRecord) {
 	if s.webhooks == nil || r.State != storage.PushFailed {
 		return
 	}
