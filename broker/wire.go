@@ -109,6 +109,9 @@ func (s *Server) wireChat() error {
 	if err := s.mqtt.AddHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat")}); err != nil {
 		return fmt.Errorf("chat hook: %w", err)
 	}
+	if err := s.wireBroadcast(svc); err != nil {
+		return fmt.Errorf("broadcast hook: %w", err)
+	}
 	s.chat = svc
 	if err := s.wireBridge(s.masterKey, store); err != nil {
 		return err

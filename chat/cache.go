@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 
+	"github.com/warblerim/warbler/protocol"
 	"github.com/warblerim/warbler/storage"
 )
 
@@ -168,4 +169,19 @@ func (s *Service) viewMember(ctx context.Context, from Sender, conv string) (*co
 		return nil, "", errNotMember(conv)
 	}
 	return v, r, nil
+}
+
+// ConvKind returns the kind of a conversation of app, from the cache when
+// it can: storage.ErrNotFound if there is no such conversation. Transports
+// use it to route a publish (a broadcast on a channel's topic becomes a
+// message of the channel).
+func (s *Service) ConvKind(ctx context.Context, app, conv string) (storage.ConvKind, error) {
+	if !protocol.ValidID(conv) {
+		return "", storage.ErrNotFound
+	}
+	v, err := s.view(ctx, app, conv)
+	if err != nil {
+		return "", err
+	}
+	return v.conv.Kind, nil
 }

@@ -7,6 +7,9 @@
 //     every subscribe, publish and delivery.
 //   - Chat: the publish hook that parses uplink envelopes, stores messages
 //     durably before they are acknowledged, and fans them out.
+//   - Broadcast: services' publishes on broadcast topics; on a chat
+//     channel's topic they become stored channel messages (delivered and
+//     pushed), elsewhere they pass through as plain broadcasts.
 //   - Sessions: persistence of retained messages and persistent sessions.
 //
 // The broker calls hooks in the order they are added; authentication and ACL
