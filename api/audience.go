@@ -37,8 +37,13 @@ import (
 	"github.com/warblerim/warbler/storage"
 )
 
-// DefaultBulkBodyLimit bounds bulk user and event bodies.
-const DefaultBulkBodyLimit = 4 << 20
+// smallBodyLimit bounds the bodies of label, audience and segment
+// requests.
+const smallBodyLimit = 64 << 10
+
+// DefaultBulkBodyLimit bounds bulk user and event bodies (1000 users or
+// events fit easily).
+const DefaultBulkBodyLimit = 512 << 10
 
 // AudienceOptions configure the audience routes.
 type AudienceOptions struct {
@@ -172,7 +177,7 @@ func (a *AudienceAPI) putTags(w http.ResponseWriter, r *http.Request) error {
 	var in struct {
 		Tags []string `json:"tags"`
 	}
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	u, err := a.id.EditLabels(r.Context(), app, user, func(_ []string, attrs map[string]string) ([]string, map[string]string, error) {
@@ -194,7 +199,7 @@ func (a *AudienceAPI) patchTags(w http.ResponseWriter, r *http.Request) error {
 		Add    []string `json:"add"`
 		Remove []string `json:"remove"`
 	}
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	u, err := a.id.EditLabels(r.Context(), app, user, func(tags []string, attrs map[string]string) ([]string, map[string]string, error) {
@@ -229,7 +234,7 @@ func (a *AudienceAPI) putAttrs(w http.ResponseWriter, r *http.Request) error {
 	var in struct {
 		Attributes map[string]string `json:"attributes"`
 	}
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	u, err := a.id.EditLabels(r.Context(), app, user, func(tags []string, _ map[string]string) ([]string, map[string]string, error) {
@@ -250,7 +255,7 @@ func (a *AudienceAPI) patchAttrs(w http.ResponseWriter, r *http.Request) error {
 	var in struct {
 		Attributes map[string]*string `json:"attributes"`
 	}
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	u, err := a.id.EditLabels(r.Context(), app, user, func(tags []string, attrs map[string]string) ([]string, map[string]string, error) {
@@ -332,7 +337,7 @@ func (a *AudienceAPI) preview(w http.ResponseWriter, r *http.Request) error {
 		Segment string `json:"segment"`
 		Limit   int    `json:"limit"`
 	}
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	if in.Limit <= 0 || in.Limit > 1000 {
@@ -420,7 +425,7 @@ func (a *AudienceAPI) createSegment(w http.ResponseWriter, r *http.Request) erro
 		return err
 	}
 	var in segmentIn
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	if _, err := a.aud.Segment(r.Context(), app, in.ID); err == nil {
@@ -440,7 +445,7 @@ func (a *AudienceAPI) putSegment(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var in segmentIn
-	if err := DecodeJSON(w, r, 0, &in); err != nil {
+	if err := DecodeJSON(w, r, smallBodyLimit, &in); err != nil {
 		return err
 	}
 	id := r.PathValue("id")

@@ -170,13 +170,13 @@ func (c *CampaignAPI) opened(w http.ResponseWriter, r *http.Request) error {
 	var in struct {
 		User string `json:"user"`
 	}
-	if err := DecodeJSON(w, r, 4096, &in); err != nil {
-		return err
-	}
 	user := ""
 	if cl, err := c.auth.user(r); err == nil {
 		if cl.App != app {
 			return ErrNotFound
+		}
+		if err := DecodeJSON(w, r, 4096, &in); err != nil {
+			return err
 		}
 		if in.User != "" && in.User != cl.User {
 			return ErrForbidden
@@ -184,6 +184,9 @@ func (c *CampaignAPI) opened(w http.ResponseWriter, r *http.Request) error {
 		user = cl.User
 	} else {
 		if _, err := c.auth.forApp(r, identity.ScopePush); err != nil {
+			return err
+		}
+		if err := DecodeJSON(w, r, 4096, &in); err != nil {
 			return err
 		}
 		if !protocol.ValidID(in.User) {

@@ -181,6 +181,8 @@ type routeCase struct {
 	route string // the registered pattern: "METHOD /v1/..."
 	path  func(e *apiEnv) string
 	// auth: "public"; "admin" (the admin key only; app keys get 403);
+	// "keyapp:SCOPE" (a key with SCOPE on a route that takes the app from
+	// the key, so no other app's key can reach acme's objects);
 	// "app-admin" (the admin key only, on an app's route: the app's own key
 	// gets 403, another app's 404); "key:SCOPE" (a key of the app with
 	// SCOPE, or "key:" for any key of the app); "user" (a user's access
@@ -345,6 +347,85 @@ func routeCases(t *testing.T) []routeCase {
 		}, auth: "key:admin", lacking: "acme:users", want: 200},
 		{route: "DELETE /v1/apps/{app}/webhooks/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] }, auth: "key:admin", lacking: "acme:users", want: 204},
 
+		// Audience: labels, bulk users, events, segments; targeted push.
+		{route: "PUT /v1/apps/{app}/users/{user}/tags", path: p("/v1/apps/acme/users/cal/tags"), auth: "key:users", lacking: "acme:push", body: b(map[string]any{"tags": []string{"vip", "beta", "vip"}}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if fmt.Sprint(r.body["tags"]) != "[vip beta]" {
+					t.Fatalf("tags: %s", r.raw)
+				}
+			}},
+		{route: "PATCH /v1/apps/{app}/users/{user}/tags", path: p("/v1/apps/acme/users/cal/tags"), auth: "key:users", lacking: "acme:push", body: b(map[string]any{"add": []string{"churned"}, "remove": []string{"beta"}}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if fmt.Sprint(r.body["tags"]) != "[vip churned]" {
+					t.Fatalf("tags: %s", r.raw)
+				}
+			}},
+		{route: "GET /v1/apps/{app}/users/{user}/tags", path: p("/v1/apps/acme/users/cal/tags"), auth: "key:users", lacking: "acme:push", want: 200},
+		{route: "PUT /v1/apps/{app}/users/{user}/attributes", path: p("/v1/apps/acme/users/cal/attributes"), auth: "key:users", lacking: "acme:push", body: b(map[string]any{"attributes": map[string]string{"country": "DE", "plan": "pro"}}), want: 200},
+		{route: "PATCH /v1/apps/{app}/users/{user}/attributes", path: p("/v1/apps/acme/users/cal/attributes"), auth: "key:users", lacking: "acme:push", body: b(map[string]any{"attributes": map[string]any{"plan": nil, "timezone": "Europe/Berlin"}}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if fmt.Sprint(r.body["attributes"]) != "map[country:DE timezone:Europe/Berlin]" {
+					t.Fatalf("attributes: %s", r.raw)
+				}
+			}},
+		{route: "GET /v1/apps/{app}/users/{user}/attributes", path: p("/v1/apps/acme/users/cal/attributes"), auth: "key:users", lacking: "acme:push", want: 200},
+		{route: "POST /v1/apps/{app}/users/bulk", path: p("/v1/apps/acme/users/bulk"), auth: "key:users", lacking: "acme:push",
+			body: b(map[string]any{"users": []map[string]any{{"id": "blk1", "tags": []string{"vip"}}, {"id": "blk2", "attributes": map[string]string{"country": "DE"}}}}), want: 201,
+			after: func(e *apiEnv, r apiResp) {
+				// The same IDs again: all or nothing.
+				e.must(e.do("POST", "/v1/apps/acme/users/bulk", e.admin, map[string]any{"users": []map[string]any{{"id": "blk3"}, {"id": "blk1"}}}), 409)
+				e.must(e.do("GET", "/v1/apps/acme/users/blk3", e.admin, nil), 404)
+			}},
+		{route: "POST /v1/apps/{app}/events", path: p("/v1/apps/acme/events"), auth: "key:push", lacking: "acme:publish",
+			body: b(map[string]any{"events": []map[string]any{{"user": "cal", "name": "login"}, {"user": "blk1", "name": "viewed_product", "properties": map[string]string{"product": "X"}}}}), want: 202},
+		{route: "POST /v1/events", path: p("/v1/events"), auth: "keyapp:push", lacking: "acme:publish",
+			body: b(map[string]any{"events": []map[string]any{{"user": "blk2", "name": "viewed_product", "properties": map[string]string{"product": "Y"}}}}), want: 202},
+		{route: "GET /v1/apps/{app}/events", path: p("/v1/apps/acme/events?name=viewed_product"), auth: "key:push", lacking: "acme:publish", want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if evs, _ := r.body["events"].([]any); len(evs) != 2 {
+					t.Fatalf("events: %s", r.raw)
+				}
+			}},
+		{route: "POST /v1/apps/{app}/audience", path: p("/v1/apps/acme/audience"), auth: "key:push", lacking: "acme:users", body: b(map[string]any{"tags": "vip AND NOT churned"}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if fmt.Sprint(r.body["users"]) != "[blk1 erin]" {
+					t.Fatalf("audience: %s", r.raw)
+				}
+				bad := e.do("POST", "/v1/apps/acme/audience", e.admin, map[string]any{"tags": "vip AND"})
+				if bad.status != 400 || !strings.Contains(bad.errMessage(), "at offset 7") {
+					t.Fatalf("bad expression: %s", bad.raw)
+				}
+			}},
+		{route: "POST /v1/apps/{app}/segments", path: p("/v1/apps/acme/segments"), auth: "key:push", lacking: "acme:users",
+			body: b(map[string]any{"id": "viewers", "name": "Viewed X", "rule": "event(viewed_product, 7d, product=X) OR attr(country) = DE"}), want: 201},
+		{route: "GET /v1/apps/{app}/segments", path: p("/v1/apps/acme/segments"), auth: "key:push", lacking: "acme:users", want: 200},
+		{route: "PUT /v1/apps/{app}/segments/{id}", path: p("/v1/apps/acme/segments/viewers"), auth: "key:push", lacking: "acme:users",
+			body: b(map[string]any{"name": "Viewed X", "rule": "event(viewed_product, 7d, product=X) OR (attr(country) = DE AND NOT vip)"}), want: 200},
+		{route: "GET /v1/apps/{app}/segments/{id}", path: p("/v1/apps/acme/segments/viewers"), auth: "key:push", lacking: "acme:users", want: 200},
+		{route: "GET /v1/apps/{app}/segments/{id}/users", path: p("/v1/apps/acme/segments/viewers/users"), auth: "key:push", lacking: "acme:users", want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if fmt.Sprint(r.body["users"]) != "[blk1 blk2]" {
+					t.Fatalf("segment users: %s", r.raw)
+				}
+			}},
+		{route: "POST /v1/apps/{app}/campaigns", path: p("/v1/apps/acme/campaigns"), auth: "key:push", lacking: "acme:users",
+			body: b(map[string]any{"audience": map[string]any{"segment": "viewers"}, "notification": map[string]any{"body": "X is back"}}), want: 202,
+			after: func(e *apiEnv, r apiResp) { e.vars["campaign"] = str(r, "id") }},
+		{route: "POST /v1/push", path: p("/v1/push"), auth: "keyapp:push", lacking: "acme:users",
+			body: b(map[string]any{"audience": map[string]any{"users": []string{"bob"}}, "notification": map[string]any{"body": "later"}, "schedule_at": time.Now().Add(time.Hour)}), want: 202,
+			after: func(e *apiEnv, r apiResp) { e.vars["campaign2"] = str(r, "id") }},
+		{route: "GET /v1/apps/{app}/campaigns", path: p("/v1/apps/acme/campaigns"), auth: "key:push", lacking: "acme:users", want: 200},
+		{route: "GET /v1/apps/{app}/campaigns/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/campaigns/" + e.vars["campaign"] }, auth: "key:push", lacking: "acme:users", want: 200},
+		{route: "POST /v1/apps/{app}/campaigns/{id}/cancel", path: func(e *apiEnv) string { return "/v1/apps/acme/campaigns/" + e.vars["campaign2"] + "/cancel" }, auth: "key:push", lacking: "acme:users", want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if str(r, "state") != "canceled" {
+					t.Fatalf("cancel: %s", r.raw)
+				}
+			}},
+		{route: "POST /v1/apps/{app}/campaigns/{id}/opened", path: func(e *apiEnv) string { return "/v1/apps/acme/campaigns/" + e.vars["campaign"] + "/opened" }, auth: "key:push", lacking: "acme:users",
+			body: b(map[string]any{"user": "blk1"}), want: 200},
+		{route: "DELETE /v1/apps/{app}/segments/{id}", path: p("/v1/apps/acme/segments/viewers"), auth: "key:push", lacking: "acme:users", want: 204},
+
 		// Bans.
 		{route: "POST /v1/bans", path: p("/v1/bans"), auth: "admin", body: b(map[string]any{"kind": "ip", "value": "203.0.113.7", "ttl": 60}), want: 201},
 		{route: "GET /v1/bans", path: p("/v1/bans"), auth: "admin", want: 200},
@@ -441,8 +522,8 @@ func TestAPIRoutes(t *testing.T) {
 			good = e.admin
 		case c.auth == "user":
 			good = e.vars["alice_token"]
-		case strings.HasPrefix(c.auth, "key:"):
-			scope := strings.TrimPrefix(c.auth, "key:")
+		case strings.HasPrefix(c.auth, "key:"), strings.HasPrefix(c.auth, "keyapp:"):
+			_, scope, _ := strings.Cut(c.auth, ":")
 			if scope == "" {
 				scope = "users"
 			}
