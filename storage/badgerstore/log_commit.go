@@ -336,11 +336,14 @@ func (c *committer) process(batch []*commitReq) {
 // The committer's read cache. Appends read the conversation's head and
 // the author's member record (for the read mark) on every message; as the
 // only writer of these keys, the committer can answer those reads from
-// memory. It keeps the committed value of each key it has read or written
-// (bounded; arbitrary entries are dropped when full), and each open
-// transaction keeps its own writes on top (the overlay), which reach the
-// cache only if the transaction commits. Keys written with a TTL are never
-// cached: their expiry is Badger's to apply.
+// memory. It keeps the committed value of each key it has read (bounded;
+// arbitrary entries are dropped when full), and each open transaction
+// keeps its own writes on top (the overlay). A commit writes through to
+// the keys already cached and adds no others: the log entries themselves,
+// written once and never read back by the committer, would otherwise fill
+// the cache with message bodies (tens of MB at the bound) for nothing.
+// Keys written with a TTL are never cached: their expiry is Badger's to
+// apply.
 
 // cacheMax bounds the committer's read cache, in keys.
 const cacheMax = 1 << 16
@@ -456,18 +459,21 @@ func (w *wtxn) apply(ws []writeOp) error {
 	return nil
 }
 
-// commit commits the transaction and moves its writes into the cache.
+// commit commits the transaction and writes its writes through to the
+// cached keys.
 func (w *wtxn) commit() error {
 	if err := w.txn.Commit(); err != nil {
 		clear(w.overlay)
 		return err
 	}
 	for k, v := range w.overlay {
+		if _, ok := w.c.cache[k]; !ok {
+			continue // never read: not worth keeping (see above)
+		}
 		if v.ttl {
 			delete(w.c.cache, k)
 			continue
 		}
-		w.c.trimCache()
 		w.c.cache[k] = v
 	}
 	clear(w.overlay)
