@@ -85,6 +85,29 @@ type LimitsConfig struct {
 
 	Flapping FlappingConfig   `yaml:"flapping"`
 	HTTP     HTTPLimitsConfig `yaml:"http"`
+	Overload OverloadConfig   `yaml:"overload"`
+}
+
+// OverloadConfig says when the whole server sheds load (see hooks.Overload):
+// past MaxInflightSends uplink requests waiting for the disk (20000), or a
+// live heap (what survives garbage collection) over MaxHeapMB MiB (0: off),
+// new connections get CONNACK 0x89 "server busy" and chat requests PUBACK
+// 0x97 "server busy", until the backlog is down to ResumeInflightSends
+// (default three quarters of the maximum) and the heap below ResumeHeapMB
+// (default 90% of the maximum). 0 switches a signal off.
+type OverloadConfig struct {
+	MaxInflightSends    int `yaml:"max_inflight_sends"`
+	ResumeInflightSends int `yaml:"resume_inflight_sends"`
+	MaxHeapMB           int `yaml:"max_heap_mb"`
+	ResumeHeapMB        int `yaml:"resume_heap_mb"`
+}
+
+// policy turns the configuration into the shedder's policy.
+func (c OverloadConfig) policy() hooks.OverloadPolicy {
+	return hooks.OverloadPolicy{
+		MaxInflightSends: c.MaxInflightSends, ResumeInflightSends: c.ResumeInflightSends,
+		MaxHeap: uint64(c.MaxHeapMB) << 20, ResumeHeap: uint64(c.ResumeHeapMB) << 20,
+	}
 }
 
 // AppLimitsConfig overrides client limits for one app; 0 inherits.
@@ -137,7 +160,8 @@ func DefaultLimits() LimitsConfig {
 		MaxUserProperties: 64,
 		Flapping: FlappingConfig{MaxConnects: 15, MaxConnectsPerIP: 300,
 			Window: Duration(time.Minute), Ban: Duration(5 * time.Minute)},
-		HTTP: HTTPLimitsConfig{RatePerIP: 100, BurstPerIP: 200, RatePerKey: 50, BurstPerKey: 100},
+		HTTP:     HTTPLimitsConfig{RatePerIP: 100, BurstPerIP: 200, RatePerKey: 50, BurstPerKey: 100},
+		Overload: OverloadConfig{MaxInflightSends: 20000},
 	}
 }
 
@@ -154,6 +178,13 @@ func (c *LimitsConfig) Validate() error {
 	if c.MaxConnections < -1 || c.MaxConnectionsPerIP < 0 || c.DisconnectAfter < 0 || c.MaxSubscriptions < 0 ||
 		c.MaxPayload < 0 || c.MaxUserProperties < 0 || c.Flapping.MaxConnects < 0 || c.Flapping.MaxConnectsPerIP < 0 {
 		return errors.New("config: limits: counts must not be negative")
+	}
+	if o := c.Overload; o.MaxInflightSends < 0 || o.ResumeInflightSends < 0 || o.MaxHeapMB < 0 || o.ResumeHeapMB < 0 {
+		return errors.New("config: limits.overload: values must not be negative")
+	}
+	if o := c.Overload; (o.ResumeInflightSends > 0 && o.ResumeInflightSends >= o.MaxInflightSends) ||
+		(o.ResumeHeapMB > 0 && o.ResumeHeapMB >= o.MaxHeapMB) {
+		return errors.New("config: limits.overload: a resume level must be below its maximum")
 	}
 	if c.PublishDelay.D() < 0 || c.PublishDelay.D() > time.Minute {
 		return errors.New("config: limits.publish_delay must be 0 to 1m")

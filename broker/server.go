@@ -85,7 +85,8 @@ type Server struct {
 	masterKey  string // path of the master key file
 	pushState
 	campaignState
-	limits *hooks.Limits
+	limits   *hooks.Limits
+	overload *hooks.Overload
 	mediaState
 	// webhooks is set by wireWebhooks; the chat and push hooks publish to
 	// it.
@@ -179,6 +180,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.wireWebhooks(); err != nil {
+		return nil, err
+	}
+	if err := s.wireOverload(); err != nil {
 		return nil, err
 	}
 	if err := s.wireChat(); err != nil {

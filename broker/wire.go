@@ -106,7 +106,7 @@ func (s *Server) wireChat() error {
 	if err != nil {
 		return err
 	}
-	if err := s.mqtt.AddHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat")}); err != nil {
+	if err := s.mqtt.AddHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat"), Overload: s.overload}); err != nil {
 		return fmt.Errorf("chat hook: %w", err)
 	}
 	if err := s.wireBroadcast(svc); err != nil {

@@ -101,6 +101,9 @@ type ChatOptions struct {
 	// completes. Default: the server's Receive Maximum, which a client
 	// that follows MQTT 5 never exceeds anyway.
 	MaxPending int
+	// Overload, if set, is told of the uplink publishes in progress, and
+	// while it sheds load every uplink request is refused (see Overload).
+	Overload *Overload
 }
 
 // ChatStats are the hook's counters.
@@ -133,6 +136,7 @@ type Chat struct {
 
 	uplinks    sync.Map // *mqtt.Client -> *uplink
 	maxPending int
+	overload   *Overload
 	pend       counter // uplink publishes in progress, for Stop
 	maxSeen    atomic.Int64
 
@@ -183,6 +187,7 @@ func (h *Chat) Init(config any) error {
 		h.timeout = 10 * time.Second
 	}
 	h.maxPending = o.MaxPending
+	h.overload = o.Overload
 	if h.maxPending <= 0 {
 		h.maxPending = int(o.Server.Options.Capabilities.ReceiveMaximum)
 	}
@@ -232,6 +237,9 @@ func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	}
 	h.handled.Add(1)
 	v5 := cl.Properties.ProtocolVersion == 5
+	if h.overload.Shedding() {
+		return h.shed(cl, pk, t, v5)
+	}
 	if pk.FixedHeader.Qos == 2 {
 		// QoS 2 keeps the synchronous flow: wait for the outcome here and
 		// let mochi answer with PUBREC.
@@ -277,6 +285,43 @@ func (h *Chat) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		}
 	})
 	// mochi sends nothing for a rejected packet: the queue acks it.
+	return pk, packets.ErrRejectPacket
+}
+
+// shed refuses an uplink request while the server sheds load: an error
+// envelope "unavailable" on the device topic, then MQTT 5 PUBACK (or
+// PUBREC) 0x97 "server busy", in order behind the client's earlier
+// publishes; MQTT 3.1.1, which cannot be told, is disconnected unacked
+// (and resends when it reconnects); QoS 0 is dropped. Nothing is stored.
+func (h *Chat) shed(cl *mqtt.Client, pk packets.Packet, t protocol.Topic, v5 bool) (packets.Packet, error) {
+	h.failed.Add(1)
+	h.overload.RefusedChat()
+	if pk.FixedHeader.Dup && pk.FixedHeader.Qos == 1 {
+		if q, ok := h.uplinks.Load(cl); ok && q.(*uplink).inProgress(pk.PacketID) {
+			return pk, packets.ErrRejectPacket // the original's PUBACK answers it
+		}
+	}
+	err := protocol.Errorf(protocol.CodeUnavailable, "server busy: retry later")
+	if app, user, device, ok := protocol.ParseClientID(cl.ID); ok && app == t.App && user == t.User && device == t.Device {
+		h.reply(protocol.DeviceTopic(app, user, device), nil, errorReply(peek(pk.Payload, h.limits), err))
+	}
+	switch {
+	case pk.FixedHeader.Qos == 0:
+	case !v5:
+		h.server.DisconnectClient(cl, packets.ErrServerBusy) //nolint:errcheck // no packet for MQTT 3
+	case pk.FixedHeader.Qos == 2:
+		_ = cl.WritePacket(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Pubrec},
+			PacketID:    pk.PacketID,
+			ReasonCode:  busy.Code,
+			Properties:  packets.Properties{ReasonString: busy.Reason},
+		})
+	default:
+		q := h.uplink(cl)
+		if e := q.push(pk); e != nil {
+			q.complete(e, true, busy, true)
+		}
+	}
 	return pk, packets.ErrRejectPacket
 }
 
@@ -444,7 +489,20 @@ func (q *uplink) push(pk packets.Packet) *upEntry {
 	}
 	q.mu.Unlock()
 	q.h.pend.add(1)
+	q.h.overload.AddInflight(1)
 	return e
+}
+
+// inProgress reports whether a QoS 1 publish with this packet ID is queued.
+func (q *uplink) inProgress(id uint16) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, e := range q.q {
+		if e.qos > 0 && e.id == id {
+			return true
+		}
+	}
+	return false
 }
 
 // complete records an entry's outcome and writes the acks that are due:
@@ -502,6 +560,7 @@ func (q *uplink) flush() {
 		default:
 		}
 		q.h.pend.add(-n)
+		q.h.overload.AddInflight(-n)
 	}
 }
 
