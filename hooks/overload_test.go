@@ -152,8 +152,8 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 	for {
 		m := cy.Expect(t)
 		var env struct {
-			Kind  string `json:"kind"`
-			RID   string `json:"rid"`
+			Kind  string                `json:"kind"`
+			RID   string                `json:"rid"`
 			Error struct{ Code string } `json:"error"`
 		}
 		_ = json.Unmarshal(m.Payload, &env)
