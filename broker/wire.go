@@ -153,6 +153,11 @@ func (s *Server) wireChat() error {
 			func() float64 { return float64(s.db.SpaceStats().Free) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "warbler_store_no_space_refusals_total", Help: "Writes refused for lack of disk space."},
 			func() float64 { return float64(s.db.SpaceStats().Refused) }),
+		&gaugeMap{desc: prometheus.NewDesc("warbler_store_cache_bytes", "Bytes of the store's block and index caches in use (bounded; in the Go heap).", []string{"cache"}, nil),
+			read: func() map[string]int {
+				b, i := s.db.CacheBytes()
+				return map[string]int{"block": int(b), "index": int(i)}
+			}},
 	)
 	return nil
 }

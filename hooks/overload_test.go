@@ -75,13 +75,18 @@ func connectCodeV3(t *testing.T, addr, user, dev string) byte {
 	return pk.ReasonCode
 }
 
-// waitFor polls cond (a state of the server under test) until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// waitFor polls cond (a state of the server under test) until it holds;
+// state, if given, describes what was seen instead.
+func waitFor(t *testing.T, what string, cond func() bool, state ...func() string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			seen := ""
+			for _, f := range state {
+				seen = ": " + f()
+			}
+			t.Fatalf("timed out waiting for %s%s", what, seen)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
@@ -120,10 +125,13 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 		t.Fatalf("send before the overload: 0x%x %v", code, err)
 	}
 
+	// (The PUBACK leaves just before the send stops counting as in flight.)
+	waitFor(t, "the warm-up send to be done", func() bool { return ov.Inflight() == 0 })
+
 	// Eight sends held at the disk reach the limit.
 	g.close()
 	var acked sync.WaitGroup
-	codes := make([]byte, 8)
+	codes, errs := make([]byte, 8), make([]error, 8)
 	for i := range 8 {
 		acked.Add(1)
 		go func() {
@@ -132,14 +140,17 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 			defer cancel()
 			resp, err := ann.Client.Publish(ctx, &paho.Publish{Topic: annUp, QoS: 1, Payload: []byte(sendJSON("bob", fmt.Sprint("held", i), ""))})
 			if resp == nil {
-				t.Errorf("held send %d: no PUBACK: %v", i, err)
-				codes[i] = 0xff
+				codes[i], errs[i] = 0xff, err
 				return
 			}
 			codes[i] = resp.ReasonCode
 		}()
 	}
-	waitFor(t, "eight sends at the disk and the server shedding", func() bool { return g.heldCount() == 8 && ov.Shedding() })
+	// If the test stops early, the disk moves and the senders finish
+	// before their client is closed.
+	t.Cleanup(func() { g.open(); acked.Wait() })
+	waitFor(t, "eight sends at the disk and the server shedding", func() bool { return g.heldCount() == 8 && ov.Shedding() },
+		func() string { return fmt.Sprintf("%d held, %d in flight, shedding %v", g.heldCount(), ov.Inflight(), ov.Shedding()) })
 
 	// MQTT 5 chat request: PUBACK 0x97 "server busy", an error envelope,
 	// nothing stored.
@@ -199,7 +210,7 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 	acked.Wait()
 	for i, c := range codes {
 		if c != 0 {
-			t.Fatalf("held send %d: PUBACK 0x%x", i, c)
+			t.Fatalf("held send %d: PUBACK 0x%x (%v)", i, c, errs[i])
 		}
 	}
 	waitFor(t, "the server to stop shedding", func() bool { return !ov.Shedding() })

@@ -209,6 +209,30 @@ func (d *DB) CheckSpace() error { return d.space.admit() }
 // many writes were refused since Open. Zero for an in-memory store.
 func (d *DB) SpaceStats() SpaceStats { return d.space.stats() }
 
+// CacheBytes returns how much of the block cache (decompressed table
+// blocks, at most 16 MiB) and the index cache (table indexes and Bloom
+// filters, at most 8 MiB) is in use. Both live in the Go heap and fill as
+// the store's tables grow, over minutes to hours, so a heap that grows
+// while they fill is not leaking.
+func (d *DB) CacheBytes() (block, index int64) {
+	used := func(m interface {
+		CostAdded() uint64
+		CostEvicted() uint64
+	}) int64 {
+		if a, e := m.CostAdded(), m.CostEvicted(); a > e {
+			return int64(a - e)
+		}
+		return 0
+	}
+	if m := d.db.BlockCacheMetrics(); m != nil {
+		block = used(m)
+	}
+	if m := d.db.IndexCacheMetrics(); m != nil {
+		index = used(m)
+	}
+	return block, index
+}
+
 type badgerLogger struct{ l *slog.Logger }
 
 func (b badgerLogger) Errorf(f string, a ...any) {
