@@ -150,7 +150,9 @@ func TestOverloadShedsAndRecovers(t *testing.T) {
 	// before their client is closed.
 	t.Cleanup(func() { g.open(); acked.Wait() })
 	waitFor(t, "eight sends at the disk and the server shedding", func() bool { return g.heldCount() == 8 && ov.Shedding() },
-		func() string { return fmt.Sprintf("%d held, %d in flight, shedding %v", g.heldCount(), ov.Inflight(), ov.Shedding()) })
+		func() string {
+			return fmt.Sprintf("%d held, %d in flight, shedding %v", g.heldCount(), ov.Inflight(), ov.Shedding())
+		})
 
 	// MQTT 5 chat request: PUBACK 0x97 "server busy", an error envelope,
 	// nothing stored.
