@@ -83,6 +83,14 @@ type Positions interface {
 	Unread(ctx context.Context, app, user string) (int, error)
 }
 
+// Recalls is an optional interface of Positions: a notification whose
+// message was recalled after it was queued (while it waited out the
+// coalescing or grace window) is dropped, so that the recalled text never
+// reaches a lock screen.
+type Recalls interface {
+	Recalled(ctx context.Context, app, conv string, seq uint64) (bool, error)
+}
+
 // Retry is the retry policy of retryable errors.
 type Retry struct {
 	// Base is the first backoff (default 1 s); it doubles per attempt.

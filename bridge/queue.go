@@ -330,6 +330,11 @@ func (b *Bridge) reconcile(ctx context.Context, r *storage.PushRecord) string {
 	if n, err := p.ReadSeq(ctx, r.App, r.User, r.Conv); err == nil && n >= r.Seq {
 		return "read"
 	}
+	if rc, ok := p.(Recalls); ok {
+		if gone, err := rc.Recalled(ctx, r.App, r.Conv, r.Seq); err == nil && gone {
+			return "recalled"
+		}
+	}
 	if r.CheckDelivered {
 		if n, err := p.DeliveredSeq(ctx, r.App, r.User, r.Device, r.Conv); err == nil && n >= r.Seq {
 			return "delivered"

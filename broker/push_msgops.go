@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
 
 	"github.com/warblerim/warbler/bridge"
@@ -29,4 +30,10 @@ func pushOptions(msg protocol.Message) []bridge.Option {
 		}
 	}
 	return opts
+}
+
+// Recalled implements bridge.Recalls: a notification of a message recalled
+// meanwhile is dropped.
+func (p positions) Recalled(ctx context.Context, app, conv string, seq uint64) (bool, error) {
+	return p.chat.Recalled(ctx, app, conv, seq)
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -31,13 +32,12 @@ func nextPush(t *testing.T, got chan apnsRequest) apnsRequest {
 	}
 }
 
-// Mentions override a mute: bob muted the group, so a plain message is
-// not pushed to his offline phone, but one that mentions him is, and so
-// is an @all; a ringing call is pushed with its call ID. Through the whole
-// server, with a local APNs endpoint.
-func TestPushMentionsAndCalls(t *testing.T) {
+// pushSetup gives the demo app APNs credentials pointing at a local APNs
+// server and registers bob's phone for push; bob has muted mutedConv (if
+// set) and the phone is offline when it returns.
+func pushSetup(t *testing.T, s *Server, mutedConv string) chan apnsRequest {
+	t.Helper()
 	apns, got := localAPNs(t)
-	s := startServer(t, nil)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: apns.Certificate().Raw})
@@ -53,9 +53,11 @@ func TestPushMentionsAndCalls(t *testing.T) {
 	if r := phone.request(t, map[string]any{"op": "push", "platform": "ios", "token": token}); r["push"] != true {
 		t.Fatalf("push registration: %v", r)
 	}
-	if code, body := adminCall(t, s, "PUT", "/v1/apps/demo/push/users/bob/prefs", map[string]any{
-		"muted": map[string]any{"team": time.Time{}}}); code != http.StatusOK {
-		t.Fatalf("mute: %d %s", code, body)
+	if mutedConv != "" {
+		if code, body := adminCall(t, s, "PUT", "/v1/apps/demo/push/users/bob/prefs", map[string]any{
+			"muted": map[string]any{mutedConv: time.Time{}}}); code != http.StatusOK {
+			t.Fatalf("mute: %d %s", code, body)
+		}
 	}
 	if err := phone.Client.Disconnect(&paho.Disconnect{}); err != nil {
 		t.Fatal(err)
@@ -65,6 +67,16 @@ func TestPushMentionsAndCalls(t *testing.T) {
 			t.Fatal("bob's phone still online")
 		}
 	}
+	return got
+}
+
+// Mentions override a mute: bob muted the group, so a plain message is
+// not pushed to his offline phone, but one that mentions him is, and so
+// is an @all; a ringing call is pushed with its call ID. Through the whole
+// server, with a local APNs endpoint.
+func TestPushMentionsAndCalls(t *testing.T) {
+	s := startServer(t, nil)
+	got := pushSetup(t, s, "team")
 	alice := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "laptop")
 	alice.request(t, map[string]any{"op": "create", "kind": "group", "conv": "team", "members": []string{"bob"}})
 
@@ -118,5 +130,34 @@ func TestRecallSecondsSetting(t *testing.T) {
 	}
 	if rc := recall(); rc != 0 {
 		t.Fatalf("recall within 60 s: reason %#x", rc)
+	}
+}
+
+// A message recalled while its notification waits out the coalescing
+// window is not pushed: the notification is dropped with reason
+// "recalled", and the next message is the first to reach APNs.
+func TestPushDroppedForRecall(t *testing.T) {
+	s := startServer(t, nil)
+	got := pushSetup(t, s, "")
+	if code, body := adminCall(t, s, "PUT", "/v1/apps/demo/push/settings", map[string]any{"coalesce_ms": 3000}); code != http.StatusOK {
+		t.Fatalf("push settings: %d %s", code, body)
+	}
+	alice := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "laptop")
+	m := alice.request(t, map[string]any{"to": "bob", "cmid": "oops", "type": "text", "body": map[string]string{"text": "the secret"}})
+	alice.request(t, map[string]any{"op": "recall", "conv": m["conv"], "id": m["id"], "seq": m["seq"]})
+	alice.request(t, map[string]any{"op": "create", "kind": "group", "conv": "other", "members": []string{"bob"}})
+	next := alice.request(t, map[string]any{"conv": "other", "cmid": "next", "type": "text", "body": map[string]string{"text": "fine"}})
+	r := nextPush(t, got)
+	if r.body["conv"] != "other" || fmt.Sprint(r.body["seq"]) != fmt.Sprint(next["seq"]) {
+		t.Fatalf("first push %v: the recalled message was pushed", r.body)
+	}
+	for deadline := time.Now().Add(mqtttest.Timeout); ; time.Sleep(10 * time.Millisecond) {
+		code, body := adminCall(t, s, "GET", "/v1/apps/demo/push/ledger?user=bob", nil)
+		if code == 200 && strings.Contains(string(body), `"reason":"recalled"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ledger: %d %s", code, body)
+		}
 	}
 }

@@ -328,6 +328,17 @@ func (s *Service) rawEntry(ctx context.Context, app, conv string, seq uint64) (s
 	return es[0], m, nil
 }
 
+// Recalled reports whether message seq of conv has been recalled (false
+// for one that does not exist). The push bridge asks it before it sends a
+// notification that waited. It checks no membership.
+func (s *Service) Recalled(ctx context.Context, app, conv string, seq uint64) (bool, error) {
+	e, m, err := s.rawEntry(ctx, app, conv, seq)
+	if err != nil || e.Data == nil {
+		return false, err
+	}
+	return m.Recalled, nil
+}
+
 func (s *Service) recallWindow(app string) time.Duration {
 	var w time.Duration
 	if s.o.RecallWindow != nil {
