@@ -3,10 +3,15 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -176,7 +181,7 @@ func TestWebhookEvents(t *testing.T) {
 	s := startServer(t, fastHooks)
 	admin := adminKey(t, s)
 	all := newHookReceiver(t, nil)
-	allID, secret := createHook(t, s, admin, all.URL+"/all", "message.created", "conversation.updated", "user.*")
+	allID, secret := createHook(t, s, admin, all.URL+"/all", "message.*", "conversation.updated", "user.*")
 	offline := newHookReceiver(t, nil)
 	createHook(t, s, admin, offline.URL+"/offline", "user.offline")
 
@@ -207,6 +212,24 @@ func TestWebhookEvents(t *testing.T) {
 		t.Fatalf("webhook envelope %s\nstored %s", got, want)
 	}
 
+	// An edit and a reaction are message.updated, with a ref to the
+	// original.
+	conv := ack["conv"].(string)
+	alice.request(t, map[string]any{"op": "edit", "conv": conv, "id": stored.ID, "seq": stored.Seq, "body": map[string]string{"text": "hello!"}})
+	bob.request(t, map[string]any{"op": "react", "conv": conv, "id": stored.ID, "seq": stored.Seq, "emoji": "👍"})
+	updates := map[string]bool{} // deliveries are not ordered
+	for range 2 {
+		ev := all.wait(t, "message.updated", func(ev hookEvent) bool { return ev.Type == "message.updated" })
+		var d struct{ Message protocol.Message }
+		if err := json.Unmarshal(ev.Data, &d); err != nil || d.Message.Ref == nil || d.Message.Ref.ID != stored.ID {
+			t.Fatalf("message.updated: %s", ev.Data)
+		}
+		updates[d.Message.Type] = true
+	}
+	if !updates[protocol.TypeEdit] || !updates[protocol.TypeReaction] {
+		t.Fatalf("message.updated types %v, want an edit and a reaction", updates)
+	}
+
 	// A group: created, then a member added.
 	creds(t, s, "carol", "phone")
 	info := alice.request(t, map[string]any{"op": "create", "kind": "group", "conv": "g1", "name": "G", "members": []string{"bob"}})
@@ -214,15 +237,20 @@ func TestWebhookEvents(t *testing.T) {
 		t.Fatalf("create: %v", info)
 	}
 	alice.request(t, map[string]any{"op": "add", "conv": "g1", "members": []string{"carol"}})
-	for _, change := range []string{"created", "added"} {
-		ev := all.wait(t, "conversation.updated "+change, func(ev hookEvent) bool { return ev.Type == "conversation.updated" })
+	changes := map[string]bool{}
+	for range 2 {
+		ev := all.wait(t, "conversation.updated", func(ev hookEvent) bool { return ev.Type == "conversation.updated" })
 		var d struct {
 			Conv, Change string
 			Message      protocol.Message
 		}
-		if err := json.Unmarshal(ev.Data, &d); err != nil || d.Conv != "g1" || d.Change != change || d.Message.Type != protocol.TypeSystem {
-			t.Fatalf("conversation.updated %s: %s", change, ev.Data)
+		if err := json.Unmarshal(ev.Data, &d); err != nil || d.Conv != "g1" || d.Message.Type != protocol.TypeSystem {
+			t.Fatalf("conversation.updated: %s", ev.Data)
 		}
+		changes[d.Change] = true
+	}
+	if !changes["created"] || !changes["added"] {
+		t.Fatalf("conversation.updated changes %v, want created and added", changes)
 	}
 
 	// Offline goes to both; the second endpoint got nothing else.
@@ -488,5 +516,52 @@ func TestWebhookRoutesAuth(t *testing.T) {
 	}
 	if code, _ := keyCall(t, s, demoAdmin, "GET", base, nil); code != http.StatusNotFound {
 		t.Fatalf("get after delete: %d", code)
+	}
+}
+
+// TestWebhookPushFailed: a notification the (local) APNs server rejects
+// for good becomes a signed push.failed event, without the device token.
+func TestWebhookPushFailed(t *testing.T) {
+	apns := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("apns-id", r.Header.Get("apns-id"))
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = io.WriteString(w, `{"reason":"BadDeviceToken"}`)
+	}))
+	apns.EnableHTTP2 = true
+	apns.StartTLS()
+	t.Cleanup(apns.Close)
+	s := startServer(t, fastHooks)
+	admin := adminKey(t, s)
+	recv := newHookReceiver(t, nil)
+	_, secret := createHook(t, s, admin, recv.URL, "push.failed")
+
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	if code, out := keyCall(t, s, admin, "PUT", "/v1/apps/demo/push/credentials/apns", map[string]any{
+		"auth_key": string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})),
+		"key_id":   "KEY0000001", "team_id": "TEAM000001", "topic": "com.example.chat", "endpoint": apns.URL,
+		"root_cas": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: apns.Certificate().Raw})),
+	}); code != http.StatusOK {
+		t.Fatalf("credentials: %d %v", code, out)
+	}
+	const token = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
+	creds(t, s, "bob", "phone")
+	if code, out := keyCall(t, s, admin, "PUT", "/v1/apps/demo/users/bob/devices/phone", map[string]any{"platform": "ios", "push_token": token}); code != http.StatusOK {
+		t.Fatalf("device: %d %v", code, out)
+	}
+	if code, out := keyCall(t, s, admin, "POST", "/v1/apps/demo/push/test", map[string]any{"user": "bob", "title": "t", "body": "b"}); code != http.StatusAccepted {
+		t.Fatalf("test push: %d %v", code, out)
+	}
+	ev := recv.wait(t, "push.failed", func(ev hookEvent) bool { return ev.Type == "push.failed" })
+	verifySignature(t, ev, secret)
+	var d struct {
+		User, Device, Provider, Reason string
+		Status                         int
+	}
+	if err := json.Unmarshal(ev.Data, &d); err != nil || d.User != "bob" || d.Device != "phone" || d.Provider != "apns" || d.Status != 400 || !strings.Contains(d.Reason, "BadDeviceToken") {
+		t.Fatalf("push.failed %s", ev.Data)
+	}
+	if strings.Contains(string(ev.body), token) {
+		t.Fatalf("push.failed carries the device token: %s", ev.body)
 	}
 }

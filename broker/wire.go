@@ -88,6 +88,7 @@ func (s *Server) wireChat() error {
 		Devices:      devices{s.identity},
 		OnStored:     s.chatStored,
 		OnSystem:     s.chatSystem,
+		OnQuiet:      s.chatQuiet,
 		OnPresence:   s.chatPresence,
 		RecallWindow: func(app string) time.Duration { return s.identity.AppRecallWindow(context.Background(), app) },
 		Attachments:  s.attachments(),

@@ -149,6 +149,20 @@ func (s *Server) chatStored(app string, msg protocol.Message, recipients []strin
 	}
 }
 
+// chatQuiet is the chat service's OnQuiet: message.updated for edits,
+// recalls and reactions, message.created for the rest (call events).
+func (s *Server) chatQuiet(app string, msg protocol.Message, _ []string) {
+	if s.webhooks == nil {
+		return
+	}
+	typ := webhook.EventMessageCreated
+	switch msg.Type {
+	case protocol.TypeEdit, protocol.TypeRecall, protocol.TypeReaction:
+		typ = webhook.EventMessageUpdated
+	}
+	s.webhooks.Publish(app, typ, map[string]any{"message": msg})
+}
+
 // chatSystem is the chat service's OnSystem: conversation.updated.
 func (s *Server) chatSystem(app string, msg protocol.Message, _ []string) {
 	if s.webhooks == nil {

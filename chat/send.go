@@ -250,7 +250,8 @@ type pending struct {
 	ack   protocol.Ack
 	err   error
 	done  func(protocol.Ack, error)
-	msg   *protocol.Message // for Options.OnStored or OnSystem; nil when not needed
+	msg   *protocol.Message // for Options.OnStored, OnSystem or OnQuiet; nil when not needed
+	quiet bool              // not for push: OnQuiet gets msg
 }
 
 // enqueueLocked assigns the next seq and queues the durable append of a
@@ -318,8 +319,11 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 		ack:  protocol.Ack{ID: msg.ID, Conv: c.ID, Seq: msg.Seq, TS: msg.TS},
 		done: done,
 	}
-	if (s.o.OnStored != nil && typ != protocol.TypeSystem && !q.noPush) || (s.o.OnSystem != nil && typ == protocol.TypeSystem) {
-		p.msg = &msg
+	switch {
+	case typ == protocol.TypeSystem && s.o.OnSystem != nil,
+		typ != protocol.TypeSystem && !q.noPush && s.o.OnStored != nil,
+		typ != protocol.TypeSystem && q.noPush && s.o.OnQuiet != nil:
+		p.msg, p.quiet = &msg, q.noPush
 	}
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {
 		return err
@@ -357,9 +361,12 @@ func (p *pending) finish() {
 	// Hand the message on before reporting the outcome: whoever waits for
 	// outcomes (a graceful stop) then knows every hand-off has started.
 	if p.msg != nil {
-		if p.msg.Type == protocol.TypeSystem {
+		switch {
+		case p.msg.Type == protocol.TypeSystem:
 			p.s.o.OnSystem(p.app, *p.msg, p.users)
-		} else {
+		case p.quiet:
+			p.s.o.OnQuiet(p.app, *p.msg, p.users)
+		default:
 			p.s.o.OnStored(p.app, *p.msg, p.users)
 		}
 	}

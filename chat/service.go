@@ -103,6 +103,10 @@ type Options struct {
 	// changed), with the members it was delivered to, before the change's
 	// request returns.
 	OnSystem func(app string, msg protocol.Message, recipients []string)
+	// OnQuiet, if set, is called like OnStored for every stored message
+	// that is not for push: edits, recalls, reactions, and call events
+	// that do not ring.
+	OnQuiet func(app string, msg protocol.Message, recipients []string)
 	// OnPresence, if set, is called when a user comes online (their first
 	// connection opened, with its device) and goes offline (their last one
 	// closed, with its device and the time in unix milliseconds). It runs

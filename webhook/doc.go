@@ -6,6 +6,7 @@
 // # Events
 //
 // The server publishes message.created (a chat message was stored),
+// message.updated (one was edited, recalled or reacted to),
 // conversation.updated (a group or channel was created, or its members,
 // roles or name changed), user.online and user.offline (a user's first
 // device connected, their last one disconnected) and push.failed (a push

@@ -17,6 +17,10 @@ const (
 	// {"message": envelope}, the stored envelope exactly as devices get it;
 	// its body is passed through unread.
 	EventMessageCreated = "message.created"
+	// EventMessageUpdated: a message was edited, recalled or reacted to.
+	// Data is {"message": envelope}, the stored event (type "edit",
+	// "recall" or "reaction", with "ref" naming the original message).
+	EventMessageUpdated = "message.updated"
 	// EventConversationUpdated: a group or channel was created, or its
 	// members, roles or name changed. Data is {"conv", "change",
 	// "message"}, where message is the "system" envelope that recorded the
@@ -39,7 +43,7 @@ const (
 )
 
 // EventTypes lists the types endpoints may subscribe to.
-var EventTypes = []string{EventMessageCreated, EventConversationUpdated, EventUserOnline, EventUserOffline, EventPushFailed}
+var EventTypes = []string{EventMessageCreated, EventMessageUpdated, EventConversationUpdated, EventUserOnline, EventUserOffline, EventPushFailed}
 
 // Event is what an endpoint receives: the request body is its JSON.
 type Event struct {
