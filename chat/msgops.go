@@ -177,6 +177,7 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 		err error
 	}
 	ch := make(chan outcome, 1)
+	var changed protocol.Message // the message's new state
 	for attempt := 0; ; attempt++ {
 		v, role, err := s.viewMember(ctx, from, conv)
 		if err != nil {
@@ -203,6 +204,7 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 				q.updates = func(ev *protocol.Message) ([]storage.LogEntry, error) {
 					m := orig
 					c.apply(&m, ev)
+					changed = m
 					res.Reactions = m.Reactions
 					data, err := json.Marshal(m)
 					if err != nil {
@@ -227,6 +229,9 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 			return res, s.internal("store "+c.typ, err)
 		}
 		res.ID, res.Seq, res.TS = o.ack.ID, o.ack.Seq, o.ack.TS
+		if s.o.OnChanged != nil && c.typ != protocol.TypeReaction {
+			s.o.OnChanged(from.App, changed)
+		}
 		return res, nil
 	}
 }

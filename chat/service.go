@@ -130,6 +130,12 @@ type Options struct {
 	// CallRingTimeout is how long a call rings before it ends as missed
 	// (default 45 s).
 	CallRingTimeout time.Duration
+	// OnChanged, if set, is called after an edit or a recall is durable,
+	// with the message's new stored state (a recalled message has no
+	// body), so that what was derived from the message (a search index)
+	// can follow. It runs with the conversation locked: hand slow work
+	// off.
+	OnChanged func(app string, msg protocol.Message)
 }
 
 // Devices registers push tokens for devices; the identity service

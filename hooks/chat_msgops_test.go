@@ -409,3 +409,41 @@ func TestMsgOpsQuota(t *testing.T) {
 	amy.refused(react("c"), "quota_exceeded", packets.ErrQuotaExceeded.Code)
 	amy.refused(callReq("bo", "c1", "ring", nil), "quota_exceeded", packets.ErrQuotaExceeded.Code)
 }
+
+// chat.Options.OnChanged sees the new state of an edited and of a recalled
+// message (for derived data such as a search index), not reactions.
+func TestMsgOpsOnChanged(t *testing.T) {
+	changed := make(chan protocol.Message, 10)
+	b := startBroker(t, func(_ *mqtt.Options, co *chat.Options) {
+		co.OnChanged = func(app string, m protocol.Message) {
+			if app == "acme" {
+				changed <- m
+			}
+		}
+	})
+	amy := connect(t, "mqtt://"+b.tcp, "amy", "phone")
+	m := result(t, amy.request(send("", "bo", "x", "hi")))
+	ref := func(op string) map[string]any {
+		return map[string]any{"op": op, "conv": m["conv"], "id": m["id"], "seq": m["seq"]}
+	}
+	r := ref("react")
+	r["emoji"] = "👍"
+	result(t, amy.request(r))
+	e := ref("edit")
+	e["body"] = map[string]string{"text": "hello"}
+	result(t, amy.request(e))
+	result(t, amy.request(ref("recall")))
+	for i, want := range []string{`{"text":"hello"}`, ""} {
+		select {
+		case got := <-changed:
+			if got.ID != m["id"] || string(got.Body) != want || got.Recalled != (i == 1) {
+				t.Fatalf("change %d: %+v", i, got)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("change %d never reported", i)
+		}
+	}
+	if len(changed) != 0 {
+		t.Fatalf("%d more changes reported", len(changed))
+	}
+}
