@@ -7,7 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { Server, buildServer, freePort, launchBrowser, repoDir, resultsDir, screenshot, tempRoot, totp, waitFor } from './harness.mjs';
+import { Server, buildServer, freePort, launchBrowser, png, repoDir, resultsDir, screenshot, tempRoot, totp, waitFor } from './harness.mjs';
 
 let root, server, browser;
 const contexts = [];
@@ -178,6 +178,26 @@ test('messages sent while a user is away arrive in order when they come back', a
   assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
   await waitStatus(alice, sent[4], 'read');
   await screenshot(bob, 'back-online-in-order');
+});
+
+test('an image upload shows a thumbnail on both sides', async () => {
+  await openConv(alice, 'bob');
+  await alice.setInputFiles('#attach', { name: 'sunset.png', mimeType: 'image/png', buffer: png(640, 400) });
+  // bob sees the server's 320×200 thumbnail, loaded with his token.
+  const thumb = bob.locator('#messages .msg.theirs img.thumb[data-file]').last();
+  await thumb.waitFor();
+  await waitFor('the thumbnail to load', () => thumb.evaluate((i) => i.complete && i.naturalWidth === 320 && i.naturalHeight === 200));
+  assert.equal(await thumb.getAttribute('alt'), 'Image: sunset.png');
+  const sent = alice.locator('#messages .msg.mine img.thumb').last();
+  await waitFor('alice to see it read', async () => (await alice.locator('#messages .msg.mine').last().locator('[data-status]').getAttribute('data-status')) === 'read');
+  assert.ok(await sent.evaluate((i) => i.complete && i.naturalWidth > 0));
+  await screenshot(bob, 'image-thumbnail');
+  // The full picture opens in a dialog.
+  await thumb.click();
+  await waitFor('the full image', () => bob.locator('#lightbox-img').evaluate((i) => i.complete && i.naturalWidth === 640));
+  await screenshot(bob, 'image-full');
+  await bob.keyboard.press('Escape');
+  await bob.locator('#lightbox').waitFor({ state: 'hidden' });
 });
 
 test('connection lost: banner, queued send, reconnect', async () => {

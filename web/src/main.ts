@@ -6,7 +6,7 @@
 
 import './style.css';
 import { APIError, login, loginErrorText, logout, type Session } from './api';
-import { RequestError, WarblerClient, newID, type ConvInfo, type Msg, type Receipt } from './warbler';
+import { RequestError, WarblerClient, newID, type Attachment, type ConvInfo, type Msg, type Receipt } from './warbler';
 import { startAdmin, stopAdmin } from './admin';
 import { $, el, fmtTime } from './dom';
 
@@ -22,6 +22,10 @@ interface OutMsg {
   error?: string;
   ts: number;
   inflight?: boolean;
+  /** An image waiting to be uploaded, its local preview, and its upload once stored. */
+  file?: File;
+  preview?: string;
+  attachment?: Attachment;
 }
 
 interface Conv {
@@ -152,6 +156,7 @@ function startChat(s: Session): void {
   c.on('other', onOther);
   c.on('synced', () => {
     flushOutbox();
+    void loadPreviews();
     if (current) void openConv(current, false);
     render();
   });
@@ -367,6 +372,7 @@ document.addEventListener('visibilitychange', () => {
 });
 
 async function openConv(id: string, focus = true): Promise<void> {
+  if (current !== id) opened = true;
   current = id;
   document.body.classList.add('in-conv');
   const c = getConv(id);
@@ -387,6 +393,20 @@ async function openConv(id: string, focus = true): Promise<void> {
   void refreshReads(c);
   void watchPresence(c);
   render();
+}
+
+// loadPreviews fetches the last message of conversations shown in the list
+// without one (after a reload, sync brings only what this device missed).
+async function loadPreviews(): Promise<void> {
+  const bare = [...convs.values()].filter((c) => !c.msgs.size && c.info.last_seq > 0 && !c.id.startsWith('to:')).slice(0, 30);
+  for (const c of bare) {
+    try {
+      const r = await client!.op<{ messages: Msg[] }>('history', { conv: c.id, limit: 1 });
+      for (const m of r.messages) onMessage(m, false);
+    } catch {
+      return;
+    }
+  }
 }
 
 async function refreshReads(c: Conv): Promise<void> {
@@ -458,10 +478,12 @@ async function deliver(c: Conv, o: OutMsg): Promise<void> {
   o.state = 'sending';
   o.error = undefined;
   scheduleRender();
-  const env: Record<string, unknown> = { cmid: o.cmid, type: o.type, body: o.body };
-  if (o.conv) env.conv = o.conv;
-  else env.to = o.to;
   try {
+    if (o.file && !o.attachment) o.attachment = await upload(o);
+    const env: Record<string, unknown> = { cmid: o.cmid, type: o.type, body: o.body };
+    if (o.attachment) env.attachment = o.attachment.id;
+    if (o.conv) env.conv = o.conv;
+    else env.to = o.to;
     const ack = await client.request<{ id: string; conv: string; seq: number; ts: number }>(env);
     // The first message of a new direct chat names its conversation.
     if (convs.get(c.id) === c && c.id.startsWith('to:')) adoptDraft(c, ack.conv);
@@ -471,7 +493,12 @@ async function deliver(c: Conv, o: OutMsg): Promise<void> {
       t.msgs.set(ack.seq, {
         kind: 'msg', id: ack.id, conv: ack.conv, seq: ack.seq, ts: ack.ts,
         from: { user: session!.user, device: session!.device }, cmid: o.cmid, type: o.type, body: o.body,
+        attachment: o.attachment,
       });
+    }
+    if (o.preview && o.attachment?.thumb) {
+      // Keep showing the local picture until the thumbnail is fetched.
+      images.set(o.attachment.thumb, Promise.resolve(o.preview));
     }
     t.info.last_seq = Math.max(t.info.last_seq, ack.seq);
     t.info.read = Math.max(t.info.read, ack.seq);
@@ -502,6 +529,58 @@ function adoptDraft(draft: Conv, conv: string): void {
     current = conv;
     void watchPresence(real);
   }
+}
+
+// upload stores an outgoing image over HTTP (POST /v1/files), for the
+// conversation when it exists already.
+async function upload(o: OutMsg): Promise<Attachment> {
+  const q = new URLSearchParams({ name: o.file!.name || 'image' });
+  if (o.conv) q.set('conv', o.conv);
+  let res: Response;
+  try {
+    res = await client!.authFetch(`/v1/files?${q}`, { method: 'POST', body: o.file, headers: { 'Content-Type': 'application/octet-stream' } });
+  } catch (e) {
+    if (e instanceof APIError) throw new RequestError(e.code, e.message);
+    throw new RequestError('network', 'the upload did not reach the server');
+  }
+  const data = await res.json().catch(() => ({}));
+  if (res.status !== 201) {
+    const code = data?.error?.code ?? `http_${res.status}`;
+    throw new RequestError(code, res.status === 413 ? 'the image is too large' : (data?.error?.message ?? 'upload failed'));
+  }
+  return data as Attachment;
+}
+
+// images caches object URLs of thumbnails and pictures fetched with the
+// access token in a header (rather than a token in the URL).
+const images = new Map<string, Promise<string>>();
+function imageURL(path: string): Promise<string> {
+  let p = images.get(path);
+  if (!p) {
+    p = (async () => {
+      const res = await client!.authFetch(path);
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      return URL.createObjectURL(await res.blob());
+    })();
+    p.catch(() => images.delete(path));
+    images.set(path, p);
+  }
+  return p;
+}
+
+function sendImage(file: File): void {
+  const c = current ? convs.get(current) : undefined;
+  if (!c) return;
+  if (!file.type.startsWith('image/')) {
+    toast('Only images can be sent here.');
+    return;
+  }
+  const o: OutMsg = { cmid: newID('c'), type: 'image', body: {}, state: 'sending', ts: Date.now(), file, preview: URL.createObjectURL(file) };
+  if (c.id.startsWith('to:')) o.to = c.id.slice(3);
+  else o.conv = c.id;
+  c.outbox.push(o);
+  render();
+  void deliver(c, o);
 }
 
 function flushOutbox(): void {
@@ -538,6 +617,12 @@ function setupComposer(): void {
     void startConversation();
   });
   $('load-older').addEventListener('click', () => void loadOlder());
+  const attach = $('attach') as HTMLInputElement;
+  attach.addEventListener('change', () => {
+    for (const f of attach.files ?? []) sendImage(f);
+    attach.value = '';
+  });
+  $('lightbox').addEventListener('click', () => ($('lightbox') as HTMLDialogElement).close());
   $('back').addEventListener('click', () => {
     current = undefined;
     document.body.classList.remove('in-conv');
@@ -636,7 +721,7 @@ function preview(m: Msg): string {
     case 'text':
       return String(m.body?.text ?? '');
     case 'image':
-      return '📷 Photo';
+      return 'Photo';
     case 'system':
       return systemText(m);
     default:
@@ -728,7 +813,6 @@ function renderConv(): void {
     $('load-older').hidden = true;
     return;
   }
-  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
   $('conv-title').textContent = convTitle(c);
   $('conv-sub').textContent =
     c.info.kind === 'direct' || c.id.startsWith('to:')
@@ -750,8 +834,15 @@ function renderConv(): void {
   list.replaceChildren(...nodes);
   const typers = typingNow(c);
   $('typing').textContent = typers.length ? `${typers.join(', ')} ${typers.length > 1 ? 'are' : 'is'} typing…` : '';
-  if (atBottom) scroller.scrollTop = scroller.scrollHeight;
+  if (opened) {
+    // A newly opened conversation starts at its newest message. Later, the
+    // scroller (flex-direction: column-reverse) keeps the bottom in view by
+    // itself as messages arrive and images load.
+    opened = false;
+    scroller.scrollTop = 0;
+  }
 }
+let opened = false;
 
 function status(c: Conv, m: Msg): { text: string; cls: string } {
   if (m.seq <= c.peerRead) return { text: 'Read', cls: 'read' };
@@ -759,21 +850,48 @@ function status(c: Conv, m: Msg): { text: string; cls: string } {
   return { text: 'Sent', cls: 'sent' };
 }
 
-function renderBody(m: { type: string; body: any }): HTMLElement | string {
-  if (m.type === 'image' && m.body) {
-    const src = m.body.thumb_url || m.body.thumbnail || m.body.url;
-    if (src) {
-      const img = el('img', { class: 'thumb', alt: m.body.name ? `Image ${m.body.name}` : 'Image', src: String(src), loading: 'lazy' }) as HTMLImageElement;
-      if (m.body.w && m.body.h) {
-        img.width = Math.min(240, m.body.w);
-        img.height = Math.round((img.width * m.body.h) / m.body.w);
-      }
-      const a = el('a', { href: String(m.body.url ?? src), target: '_blank', rel: 'noopener' }, img);
-      return a;
+function renderBody(m: { type: string; body: any; attachment?: Attachment; preview?: string }): HTMLElement | string {
+  const a = m.attachment;
+  if (a || m.preview) {
+    const w = a?.thumb_width || Math.min(a?.width ?? 240, 240);
+    const h = a?.thumb_height || (a?.width && a?.height ? Math.round((w * a.height) / a.width) : 0);
+    const img = el('img', { class: 'thumb', alt: a?.name ? `Image: ${a.name}` : 'Image' }) as HTMLImageElement;
+    if (w && h) {
+      img.width = w;
+      img.height = h;
     }
+    if (m.preview && !a?.thumb) img.src = m.preview;
+    else if (a) {
+      const path = a.thumb || a.url;
+      img.dataset.file = a.id;
+      void imageURL(path).then((u) => (img.src = u), () => img.classList.add('broken'));
+    }
+    const wrap = el('div', { class: 'image' });
+    if (a) {
+      const btn = el('button', { type: 'button', class: 'image-open', 'aria-label': `Open ${a.name ?? 'image'}` }, img);
+      btn.addEventListener('click', () => void openImage(a));
+      wrap.append(btn);
+    } else wrap.append(img);
+    if (m.body?.text) wrap.append(el('span', { class: 'text caption' }, String(m.body.text)));
+    return wrap;
   }
   if (m.type === 'text') return el('span', { class: 'text' }, String(m.body?.text ?? ''));
+  if (m.type === 'file' || m.type === 'audio' || m.type === 'video') return el('span', { class: 'text muted' }, `[${m.type} attachment]`);
   return el('span', { class: 'text muted' }, `[${m.type}]`);
+}
+
+async function openImage(a: Attachment): Promise<void> {
+  const box = $('lightbox') as HTMLDialogElement;
+  const img = $('lightbox-img') as HTMLImageElement;
+  img.alt = a.name ?? 'Image';
+  img.removeAttribute('src');
+  box.showModal();
+  try {
+    img.src = await imageURL(a.url);
+  } catch (e) {
+    box.close();
+    toast(`Could not open the image: ${errText(e)}`);
+  }
 }
 
 function renderMsg(c: Conv, m: Msg): HTMLElement {
@@ -795,14 +913,14 @@ function renderMsg(c: Conv, m: Msg): HTMLElement {
 
 function renderOut(c: Conv, o: OutMsg): HTMLElement {
   const li = el('li', { class: `msg mine ${o.state}`, 'data-cmid': o.cmid });
-  const bubble = el('div', { class: 'bubble' }, renderBody(o));
+  const bubble = el('div', { class: 'bubble' }, renderBody({ ...o, attachment: o.attachment }));
   const meta = el('div', { class: 'meta' });
   if (o.state === 'failed') {
     const retry = el('button', { type: 'button', class: 'retry' }, 'Retry');
     retry.addEventListener('click', () => void deliver(c, o).then(render));
     meta.append(el('span', { class: 'status failed', 'data-status': 'failed', role: 'alert' }, `Not sent${o.error ? `: ${o.error}` : ''}`), retry);
   } else {
-    meta.append(el('span', { class: 'status sending', 'data-status': 'sending', 'aria-label': 'Sending', title: 'Sending' }, '🕓'));
+    meta.append(el('span', { class: 'status sending', 'data-status': 'sending' }, o.file && !o.attachment ? 'Uploading…' : 'Sending…'));
   }
   bubble.append(meta);
   li.append(bubble);

@@ -18,6 +18,21 @@ export interface Msg {
   cmid?: string;
   type: string;
   body: any;
+  attachment?: Attachment;
+}
+
+/** The server's description of an uploaded file (docs/PROTOCOL.md, "Attachments"). */
+export interface Attachment {
+  id: string;
+  url: string;
+  type: string;
+  size: number;
+  name?: string;
+  width?: number;
+  height?: number;
+  thumb?: string;
+  thumb_width?: number;
+  thumb_height?: number;
 }
 
 export interface Receipt {
@@ -131,6 +146,31 @@ export class WarblerClient {
     clearTimeout(this.retryTimer);
     this.attempt = 0;
     void this.connect();
+  }
+
+  /**
+   * token returns an access token for an HTTP call, refreshing the session
+   * first if the token is about to expire (or force is set, after a 401).
+   */
+  async token(force = false): Promise<string> {
+    if (force || Date.parse(this.session.expires_at) - Date.now() < 60_000) {
+      this.session = await refresh(this.session.app, this.session.refresh_token);
+      this.emit('session', this.session);
+    }
+    return this.session.access_token;
+  }
+
+  /**
+   * authFetch is fetch with the user's access token, retried once with a
+   * refreshed token when the server answers 401.
+   */
+  async authFetch(path: string, init: RequestInit = {}): Promise<Response> {
+    for (let i = 0; ; i++) {
+      const headers = new Headers(init.headers);
+      headers.set('Authorization', `Bearer ${await this.token(i > 0)}`);
+      const res = await fetch(path, { ...init, headers });
+      if (res.status !== 401 || i > 0) return res;
+    }
   }
 
   private async freshSession(force: boolean): Promise<boolean> {
