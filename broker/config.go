@@ -71,6 +71,13 @@ type MQTTConfig struct {
 	// connection; a subscriber that falls this far behind loses live
 	// deliveries and catches up from the durable log.
 	MaxWritesPending int32 `yaml:"max_writes_pending"`
+	// WriteTimeout bounds every write to a client (10 s): a client that
+	// stops reading is disconnected once its socket buffers are full and a
+	// write has waited this long. Until then a publisher sending to it at
+	// QoS 1 or 2 waits too (the broker numbers the message under the
+	// client's lock), so this is the most one stalled subscriber can hold
+	// anyone up, once. 0 waits forever.
+	WriteTimeout Duration `yaml:"write_timeout"`
 	// MaxInflight caps unacknowledged QoS 1/2 messages per session (1024).
 	MaxInflight uint16 `yaml:"max_inflight"`
 	// ReceiveMaximum is the inbound QoS 1/2 quota per client (256).
@@ -202,6 +209,7 @@ func Default() Config {
 			MaxPacketSize:    256 << 10,
 			ConnectTimeout:   Duration(10 * time.Second),
 			MaxWritesPending: 256,
+			WriteTimeout:     Duration(10 * time.Second),
 			MaxInflight:      1024,
 			ReceiveMaximum:   256,
 			MaxSessionExpiry: Duration(7 * 24 * time.Hour),
@@ -296,6 +304,9 @@ func (c *Config) Validate() error {
 	}
 	if k := c.MQTT.MaxKeepalive.D(); k < time.Second || k > 65535*time.Second {
 		return fmt.Errorf("config: mqtt.max_keepalive %v must be between 1s and 65535s", k)
+	}
+	if c.MQTT.WriteTimeout.D() < 0 {
+		return errors.New("config: mqtt.write_timeout must not be negative")
 	}
 	if c.MQTT.ConnectTimeout.D() <= 0 {
 		return errors.New("config: mqtt.connect_timeout must be positive")

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -36,18 +39,38 @@ func (e *MalformedError) Unwrap() error { return errMalformed }
 //
 // A refused packet ends the stream with a *MalformedError, which the broker
 // handles as any read error: the will is published, hooks run, the session is
-// cleaned up. The hot-path decoders are covered by fuzz targets instead, and
-// a recover around the whole connection remains as the last line.
+// cleaned up. An MQTT 5 client that has connected is first sent DISCONNECT
+// 0x81 "malformed packet", so that it knows why. The hot-path decoders are
+// covered by fuzz targets instead, and a recover around the whole connection
+// remains as the last line.
+//
+// Writes. Every write to the client must finish within writeTimeout, or the
+// connection is closed (onSlow). A client that stops reading fills its
+// socket buffers and then blocks the write in progress; the broker holds
+// that client's lock meanwhile, and anyone publishing to it at QoS 1 or 2
+// waits for the same lock to number the message. The timeout bounds that
+// wait, once: the stalled client is disconnected (its session keeps its
+// QoS 1/2 messages for when it comes back), and the rest carry on. QoS 0
+// deliveries never wait: they are dropped at the client's full queue.
 type guardConn struct {
 	net.Conn
 	r       *bufio.Reader
 	maxSize int
 	version byte // protocol version from CONNECT; 0 until then
-	pending []byte
-	through int // bytes of the current packet to pass through undecoded
-	buf     []byte
-	err     error
-	onBad   func(reason string)
+	// connected is set once a packet after the CONNECT is being read,
+	// which the broker does only after it has answered the CONNECT.
+	connected bool
+	pending   []byte
+	through   int // bytes of the current packet to pass through undecoded
+	buf       []byte
+	err       error
+	onBad     func(reason string)
+
+	writeTimeout time.Duration
+	onSlow       func()
+	wmu          sync.Mutex   // one write at a time: packets never interleave
+	deadline     atomic.Int64 // a write deadline set by SetWriteDeadline (unix ns), or 0
+	slow         atomic.Bool
 }
 
 func newGuardConn(c net.Conn, maxSize uint32, connectTimeout time.Duration, onBad func(string)) *guardConn {
@@ -57,6 +80,48 @@ func newGuardConn(c net.Conn, maxSize uint32, connectTimeout time.Duration, onBa
 		_ = c.SetReadDeadline(time.Now().Add(connectTimeout))
 	}
 	return &guardConn{Conn: c, r: bufio.NewReaderSize(c, 2048), maxSize: int(maxSize), onBad: onBad}
+}
+
+// Write implements net.Conn: the write must finish within writeTimeout
+// (or by a deadline set with SetWriteDeadline, if sooner); one that does
+// not closes the connection.
+func (g *guardConn) Write(p []byte) (int, error) {
+	g.wmu.Lock()
+	defer g.wmu.Unlock()
+	if g.writeTimeout > 0 {
+		d := time.Now().Add(g.writeTimeout)
+		if f := g.deadline.Load(); f != 0 && f < d.UnixNano() {
+			d = time.Unix(0, f)
+		}
+		_ = g.Conn.SetWriteDeadline(d)
+	}
+	n, err := g.Conn.Write(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && g.slow.CompareAndSwap(false, true) {
+		if g.onSlow != nil {
+			g.onSlow()
+		}
+		_ = g.Conn.Close()
+	}
+	return n, err
+}
+
+// SetWriteDeadline implements net.Conn; the deadline applies on top of the
+// per-write timeout.
+func (g *guardConn) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		g.deadline.Store(0)
+	} else {
+		g.deadline.Store(t.UnixNano())
+	}
+	return g.Conn.SetWriteDeadline(t)
+}
+
+// SetDeadline implements net.Conn.
+func (g *guardConn) SetDeadline(t time.Time) error {
+	if err := g.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return g.SetWriteDeadline(t)
 }
 
 // Read implements net.Conn.
@@ -93,6 +158,7 @@ func (g *guardConn) next() error {
 	}
 	hdr[0] = b
 	typ := b >> 4
+	g.connected = g.version != 0 // a packet after the CONNECT: the broker has answered it
 	if g.version == 0 && typ != packets.Connect {
 		return g.bad(fmt.Sprintf("first packet is type %d, not CONNECT", typ))
 	}
@@ -198,6 +264,16 @@ func (g *guardConn) check(first byte, body []byte) (reason string) {
 func (g *guardConn) bad(reason string) error {
 	if g.onBad != nil {
 		g.onBad(reason)
+	}
+	if g.version == 5 && g.connected {
+		// DISCONNECT, reason 0x81 "malformed packet", no properties. The
+		// broker has answered the CONNECT by now (it reads the next packet
+		// only after that), and writes go one at a time, so this cannot
+		// land inside another packet.
+		g.wmu.Lock()
+		_ = g.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = g.Conn.Write([]byte{packets.Disconnect << 4, 2, packets.ErrMalformedPacket.Code, 0})
+		g.wmu.Unlock()
 	}
 	return &MalformedError{Reason: reason}
 }

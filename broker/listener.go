@@ -72,15 +72,23 @@ func (s *connSet) closeAll() {
 type guardOptions struct {
 	maxPacket      uint32
 	connectTimeout time.Duration
+	writeTimeout   time.Duration
 	metrics        *Metrics
 	log            *slog.Logger
 }
 
 func (o guardOptions) wrap(c net.Conn) net.Conn {
-	return newGuardConn(c, o.maxPacket, o.connectTimeout, func(reason string) {
+	g := newGuardConn(c, o.maxPacket, o.connectTimeout, func(reason string) {
 		o.metrics.Malformed.Inc()
 		o.log.Info("closing connection: malformed input", "remote", c.RemoteAddr().String(), "reason", reason)
 	})
+	g.writeTimeout = o.writeTimeout
+	g.onSlow = func() {
+		o.metrics.SlowConsumers.Inc()
+		o.log.Info("closing connection: a write did not finish in time (the client stopped reading)",
+			"remote", c.RemoteAddr().String(), "write_timeout", o.writeTimeout.String())
+	}
+	return g
 }
 
 // establish runs the broker's connection handler for c, containing any panic

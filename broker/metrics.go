@@ -20,6 +20,7 @@ type Metrics struct {
 	AcceptErrors  prometheus.Counter
 	Malformed     prometheus.Counter
 	Panics        prometheus.Counter
+	SlowConsumers prometheus.Counter
 	WSRejected    *prometheus.CounterVec
 	MessagesIn    *prometheus.CounterVec
 	MessagesOut   *prometheus.CounterVec
@@ -45,6 +46,9 @@ func newMetrics(info func() (bytesIn, bytesOut, inflight, retained, subs int64))
 		Panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "warbler_connection_panics_total", Help: "Connection handlers that panicked and were contained.",
 		}),
+		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "warbler_slow_consumer_disconnects_total", Help: "Connections closed because a write to the client did not finish within mqtt.write_timeout.",
+		}),
 		WSRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warbler_websocket_rejected_total", Help: "WebSocket upgrades refused, by reason.",
 		}, []string{"reason"}),
@@ -65,7 +69,7 @@ func newMetrics(info func() (bytesIn, bytesOut, inflight, retained, subs int64))
 		m.MessagesIn.WithLabelValues(strconv.Itoa(q))
 		m.MessagesOut.WithLabelValues(strconv.Itoa(q))
 	}
-	reg.MustRegister(m.Accepted, m.AcceptErrors, m.Malformed, m.Panics, m.WSRejected,
+	reg.MustRegister(m.Accepted, m.AcceptErrors, m.Malformed, m.Panics, m.SlowConsumers, m.WSRejected,
 		m.MessagesIn, m.MessagesOut, m.Dropped, m.ConnectsTotal,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

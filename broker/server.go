@@ -229,6 +229,7 @@ func (s *Server) guardOptions() guardOptions {
 	return guardOptions{
 		maxPacket:      s.cfg.MQTT.MaxPacketSize,
 		connectTimeout: s.cfg.MQTT.ConnectTimeout.D(),
+		writeTimeout:   s.cfg.MQTT.WriteTimeout.D(),
 		metrics:        s.metrics,
 		log:            s.log.With("component", "listener"),
 	}

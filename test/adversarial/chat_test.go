@@ -106,3 +106,86 @@ func TestCase23SubscriberNeverReads(t *testing.T) {
 		}
 	}
 }
+
+// Case 23 for plain MQTT: a QoS 1 subscriber that stops reading. The
+// broker numbers each QoS 1 delivery under the subscriber's lock, which its
+// stuck socket write holds, so the publisher waits, but only until the
+// write times out (mqtt.write_timeout) and the stalled subscriber is
+// disconnected; every message is still acknowledged and reaches the other
+// subscriber, in order, and well-behaved clients elsewhere are served
+// throughout.
+func TestCase23PlainSubscriberNeverReads(t *testing.T) {
+	const writeTimeout = time.Second
+	s := start(t, func(c *broker.Config) {
+		c.MQTT.WriteTimeout = broker.Duration(writeTimeout)
+		c.MQTT.MaxWritesPending = 16
+	})
+	ctl := newControl(t, s)
+	topic := iot("bob", "feed")
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		_ = c.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+		return err
+	}}
+	conn, err := d.Dial("tcp", s.Addrs().MQTT)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	stalled := newRaw(t, conn)
+	cid, u, p := creds(t, s, "demo", "bob", "stalled")
+	stalled.send(connectPacket(5, cid, u, p, true, nil))
+	stalled.expect(2)
+	stalled.send(subscribePacket(1, topic))
+	stalled.expect(9)
+
+	healthy := connect(t, s, "bob", "healthy")
+	healthy.Subscribe(t, topic)
+	sensor := connect(t, s, "bob", "sensor")
+	before := metric(t, s, "warbler_slow_consumer_disconnects_total")
+
+	const n = 200
+	payload := strings.Repeat("x", 32<<10)
+	var slowest time.Duration
+	got := make(chan int, n)
+	go func() {
+		for range n {
+			m := <-healthy.Msgs
+			var i int
+			fmt.Sscanf(string(m.Payload), "%d:", &i)
+			got <- i
+		}
+	}()
+	for i := range n {
+		began := time.Now()
+		if code, err := sensor.Publish(t, topic, 1, []byte(fmt.Sprintf("%d:%s", i, payload))); err != nil || code != 0 {
+			t.Fatalf("publish %d: 0x%x %v", i, code, err)
+		}
+		slowest = max(slowest, time.Since(began))
+		if i%50 == 0 {
+			ctl.check(t)
+		}
+	}
+	for i := range n {
+		select {
+		case v := <-got:
+			if v != i {
+				t.Fatalf("healthy subscriber got message %d as number %d", v, i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("healthy subscriber got only %d of %d", i, n)
+		}
+	}
+	waitFor(t, "the stalled subscriber to be disconnected", 10*time.Second, func() bool {
+		return metric(t, s, "warbler_slow_consumer_disconnects_total") > before
+	})
+	ctl.check(t)
+	t.Logf("slowest publish while a subscriber was stalled: %v (write_timeout %v)", slowest, writeTimeout)
+	// Held up at most once, for about the write timeout (generous margin
+	// for a busy machine; without the timeout it is until the stalled
+	// client's keep-alive runs out, tens of seconds).
+	if slowest > writeTimeout+5*time.Second {
+		t.Fatalf("a publish waited %v", slowest)
+	}
+}

@@ -18,7 +18,7 @@
 //	2     idle and slowloris sockets before CONNECT; they        TestCase02PreConnectSockets
 //	      count toward the per-address and global caps
 //	4     truncated v5 SUBSCRIBE, QoS 1 without packet ID,       TestCase04MalformedPackets
-//	      lengths beyond the packet
+//	      lengths beyond the packet (DISCONNECT 0x81 or 0x82)
 //	5     PUBLISH to wildcard, empty, $SYS, NUL, bad UTF-8        TestCase05BadPublishTopics
 //	6     $share/g, $share//t, wildcard share names              TestCase06BadSharedSubscriptions
 //	7     more than 32 levels, 64 KiB of slashes                 TestCase07DeepAndLongTopics
@@ -34,7 +34,8 @@
 //	17    foreign WebSocket Origin, oversized frame, banned IP   TestCase17WebSocket
 //	18    password guessing, TOTP replay                         TestCase18Guessing
 //	19    kill -9 during a QoS 1 stream (lost/unexpected/dup)    TestCase19KillDuringQoS1Stream
-//	23    a subscriber that never reads                          TestCase23SubscriberNeverReads
+//	23    a subscriber that never reads (chat; plain MQTT at     TestCase23SubscriberNeverReads,
+//	      QoS 1: held up for mqtt.write_timeout at most, once)   TestCase23PlainSubscriberNeverReads
 //	25    restart with many persistent sessions                  TestCase25RestartWithManySessions
 //	26    wall-clock jumps (bans, flapping windows)              TestCase26ClockJump
 //

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/warblerim/warbler/broker"
 	"github.com/warblerim/warbler/internal/mqtttest"
@@ -82,21 +83,24 @@ func TestCase01And03BadFraming(t *testing.T) {
 func TestCase04MalformedPackets(t *testing.T) {
 	s := start(t, func(c *broker.Config) { c.MQTT.ConnectTimeout = broker.Duration(time.Second) })
 	ctl := newControl(t, s)
+	malformed, protocolErr := int(packets.ErrMalformedPacket.Code), int(packets.ErrProtocolViolation.Code)
 	for i, tc := range []struct {
 		name string
 		send []byte
+		code int // the DISCONNECT reason: 0x81 from the guard, 0x82 from the broker's checks
 	}{
-		{"truncated v5 SUBSCRIBE", []byte{0x82, 0x08, 0x00, 0x01, 0x00, 0x00, 0x03, 'a', '/', 'b'}},
-		{"QoS 1 PUBLISH with packet ID 0", publishPacket(iot("bad", "x"), 1, 0, nil, []byte("x"))},
-		{"SUBSCRIBE topic length beyond the packet", []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0xFF, 0xFF, 'a'}},
-		{"UNSUBSCRIBE with no filter", []byte{0xA2, 0x03, 0x00, 0x01, 0x00}},
-		{"SUBSCRIBE with reserved flags wrong", []byte{0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x01}},
+		{"truncated v5 SUBSCRIBE", []byte{0x82, 0x08, 0x00, 0x01, 0x00, 0x00, 0x03, 'a', '/', 'b'}, malformed},
+		{"QoS 1 PUBLISH with packet ID 0", publishPacket(iot("bad", "x"), 1, 0, nil, []byte("x")), protocolErr},
+		{"SUBSCRIBE topic length beyond the packet", []byte{0x82, 0x06, 0x00, 0x01, 0x00, 0xFF, 0xFF, 'a'}, malformed},
+		{"UNSUBSCRIBE with no filter", []byte{0xA2, 0x03, 0x00, 0x01, 0x00}, protocolErr},
+		{"SUBSCRIBE with reserved flags wrong", []byte{0x80, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 'a', 0x01}, malformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := rawSession(t, s, controlIP, 5, "bad", fmt.Sprintf("m%d", i))
 			c.send(tc.send)
-			if code := c.closedAfter(5 * time.Second); code != -1 && code < 0x80 {
-				t.Fatalf("DISCONNECT 0x%x is not an error", code)
+			// An MQTT 5 client is told why before the socket closes.
+			if code := c.closedAfter(5 * time.Second); code != tc.code {
+				t.Fatalf("DISCONNECT reason 0x%x, want 0x%x", code, tc.code)
 			}
 			ctl.check(t)
 		})
