@@ -91,6 +91,7 @@ type Server struct {
 	// webhooks is set by wireWebhooks; the chat and push hooks publish to
 	// it.
 	webhooks *webhook.Service
+	searchState
 
 	started  atomic.Bool
 	stopping atomic.Bool
@@ -189,6 +190,9 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return nil, err
 	}
 	if err := s.wireMedia(); err != nil {
+		return nil, err
+	}
+	if err := s.wireSearch(); err != nil {
 		return nil, err
 	}
 	if err := s.wireCampaigns(); err != nil {

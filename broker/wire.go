@@ -92,6 +92,8 @@ func (s *Server) wireChat() error {
 		OnPresence:   s.chatPresence,
 		RecallWindow: func(app string) time.Duration { return s.identity.AppRecallWindow(context.Background(), app) },
 		Attachments:  s.attachments(),
+		Search:       lateSearch{s},
+		Indexer:      lateSearch{s},
 		Retention: func(app string) chat.Retention {
 			days, msgs := s.identity.AppRetention(context.Background(), app)
 			return chat.Retention{MaxAge: time.Duration(days) * 24 * time.Hour, MaxMessages: msgs}

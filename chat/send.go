@@ -252,6 +252,7 @@ type pending struct {
 	done  func(protocol.Ack, error)
 	msg   *protocol.Message // for Options.OnStored, OnSystem or OnQuiet; nil when not needed
 	quiet bool              // not for push: OnQuiet gets msg
+	index *protocol.Message // for Options.Indexer; nil without one
 }
 
 // enqueueLocked assigns the next seq and queues the durable append of a
@@ -325,6 +326,9 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 		typ != protocol.TypeSystem && q.noPush && s.o.OnQuiet != nil:
 		p.msg, p.quiet = &msg, q.noPush
 	}
+	if s.o.Indexer != nil {
+		p.index = &msg
+	}
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {
 		return err
 	}
@@ -369,6 +373,9 @@ func (p *pending) finish() {
 		default:
 			p.s.o.OnStored(p.app, *p.msg, p.users)
 		}
+	}
+	if p.index != nil {
+		p.s.o.Indexer.Stored(p.app, *p.index)
 	}
 	p.done(p.ack, nil)
 }

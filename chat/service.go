@@ -89,6 +89,11 @@ type Options struct {
 	// attachment is refused.
 	Attachments Attachments
 
+	// Search, if set, answers the "search" request; Indexer, if set, is
+	// told of every entry appended to a log (see search.go).
+	Search  Searcher
+	Indexer Indexer
+
 	// Devices, if set, answers the "push" request: a device registering
 	// its push token.
 	Devices Devices
@@ -314,6 +319,9 @@ func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) 
 	}
 	if res, ok, err := s.handleMsgOp(ctx, from, r); ok {
 		return res, err
+	}
+	if r.Op == protocol.OpSearch {
+		return s.search(ctx, from, r)
 	}
 	return nil, protocol.Errorf(protocol.CodeBadRequest, "op: unknown operation %q", r.Op)
 }

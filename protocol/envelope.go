@@ -190,6 +190,9 @@ type Request struct {
 	Src        *Ref        `json:"src,omitempty"`         // forward: the message copied
 	Emoji      string      `json:"emoji,omitempty"`       // react, unreact
 	Call       *CallSignal `json:"call,omitempty"`        // call
+
+	// Search (search.go).
+	Query string `json:"q,omitempty"`
 }
 
 // Push registration limits.
@@ -397,6 +400,9 @@ func (r *Request) validate(lim Limits) error {
 		return err
 	}
 	if err, ok := r.validateMsgOp(lim); ok {
+		return err
+	}
+	if err, ok := r.validateSearch(); ok {
 		return err
 	}
 	return Errorf(CodeBadRequest, "op: unknown operation %q", r.Op)

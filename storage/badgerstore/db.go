@@ -12,6 +12,7 @@
 //	p/   push bridge: queue and ledger
 //	q/   broker: retained messages and persistent MQTT sessions
 //	f/   media: file records, blob references, uploads in progress
+//	x/   search index: postings, indexed messages, cursors
 //	w/   webhooks and service events
 //	s/   server-wide settings and secrets
 //
