@@ -452,6 +452,9 @@ func routeCases(t *testing.T) []routeCase {
 			body: b([]byte("56789")), header: func(*apiEnv) []string { return []string{"Content-Range", "bytes 5-9/10", "Content-Type", "application/octet-stream"} }, want: 201},
 		{route: "DELETE /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload2"] }, auth: "user", want: 204},
 
+		// Search (a user's access token).
+		{route: "GET /v1/me/search", path: p("/v1/me/search?q=hello"), auth: "user", want: 200},
+
 		// A user's own routes.
 		{route: "POST /v1/me/totp/enroll", path: p("/v1/me/totp/enroll"), auth: "user", want: 200,
 			after: func(e *apiEnv, r apiResp) { e.vars["totp"] = str(r, "secret") }},
