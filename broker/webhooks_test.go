@@ -328,6 +328,19 @@ func TestWebhookRetriedThroughFailingReceiver(t *testing.T) {
 			t.Fatalf("delivery: %d %v", code, d)
 		}
 	}
+	// The metrics count the attempts by result, and the queue is empty.
+	resp, err := http.Get("http://" + s.Addrs().HTTP + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`warbler_webhook_attempts_total{result="retry"} 2`, `warbler_webhook_attempts_total{result="success"} 1`,
+		"warbler_webhook_queue_depth 0", `warbler_webhook_events_total{type="webhook.test"} 1`, "warbler_webhook_inflight "} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
 }
 
 // TestWebhooksSurviveRestart: events queued while the receiver is down,

@@ -34,6 +34,7 @@
 //	17    foreign WebSocket Origin, oversized frame, banned IP   TestCase17WebSocket
 //	18    password guessing, TOTP replay                         TestCase18Guessing
 //	19    kill -9 during a QoS 1 stream (lost/unexpected/dup)    TestCase19KillDuringQoS1Stream
+//	      kill -9 with webhook events queued and in flight       TestCase19WebhooksSurviveKill
 //	23    a subscriber that never reads (chat; plain MQTT at     TestCase23SubscriberNeverReads,
 //	      QoS 1: held up for mqtt.write_timeout at most, once)   TestCase23PlainSubscriberNeverReads
 //	25    restart with many persistent sessions                  TestCase25RestartWithManySessions
