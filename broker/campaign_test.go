@@ -423,3 +423,25 @@ func TestCampaignSurvivesRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestLoginsBecomeEvents connects a user over MQTT and checks that the
+// server recorded a login event, which a segment rule then sees.
+func TestLoginsBecomeEvents(t *testing.T) {
+	s := startServer(t, nil)
+	creds(t, s, "idle", "x")
+	chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "dora", "app")
+	for deadline := time.Now().Add(mqtttest.Timeout); ; time.Sleep(20 * time.Millisecond) {
+		r := mustCall(t, s, http.StatusOK, "GET", "/v1/apps/demo/events?name=login", nil)
+		if evs, _ := r["events"].([]any); len(evs) == 1 && evs[0].(map[string]any)["user"] == "dora" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no login event: %v", r)
+		}
+	}
+	r := mustCall(t, s, http.StatusOK, "POST", "/v1/apps/demo/audience", map[string]any{"rule": "NOT event(login, 30d)"})
+	users := fmt.Sprint(r["users"])
+	if !strings.Contains(users, "idle") || strings.Contains(users, "dora") {
+		t.Fatalf("users without a login: %s", users)
+	}
+}

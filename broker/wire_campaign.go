@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +26,8 @@ type campaignState struct {
 	campaigns *campaign.Service
 	chatStore storage.ChatStore
 	idStore   *badgerstore.IdentityStore
+
+	logins    *loginRecorder
 
 	pushObsMu sync.RWMutex
 	pushObs   []func(storage.PushRecord)
@@ -87,6 +90,7 @@ func (s *Server) wireCampaigns() error {
 		return err
 	}
 	s.audience, s.campaigns = as, cs
+	s.startLoginRecorder()
 	cs.Start()
 	s.closers = append(s.closers, cs.Close)
 	api.NewAudienceAPI(api.AudienceOptions{Identity: s.identity, Audience: as}).Register(s.mux)
@@ -167,4 +171,105 @@ func (t campaignTransport) Push(ctx context.Context, app string, users []string,
 	}
 	return t.s.bridge.SendCampaign(ctx, app, users, bridge.Campaign{ID: n.Campaign, Title: n.Title, Body: n.Body,
 		Data: n.Data, Sound: n.Sound, Expires: n.Expires})
+}
+
+// Logins as behaviour events: when a user's first connection to this
+// process opens, the server records the event "login" for the user (at
+// most once per loginEvery), so that segment rules such as
+// NOT event(login, 30d) work without the app's backend reporting logins.
+// The events are written in batches by one goroutine; if the store falls
+// behind, events beyond the buffer are dropped and counted, never waited
+// for on the connection path.
+const (
+	loginEvery  = time.Hour
+	loginBuffer = 10000
+)
+
+type loginRecorder struct {
+	s       *Server
+	ch      chan loginEvent
+	done    chan struct{}
+	mu      sync.Mutex
+	last    map[string]time.Time // app "/" user -> last login recorded
+	closed  bool
+	dropped atomic.Uint64
+}
+
+type loginEvent struct {
+	app  string
+	user string
+	at   time.Time
+}
+
+func (s *Server) startLoginRecorder() {
+	r := &loginRecorder{s: s, ch: make(chan loginEvent, loginBuffer), done: make(chan struct{}), last: map[string]time.Time{}}
+	s.logins = r
+	go r.run()
+	s.closers = append(s.closers, func() error {
+		r.mu.Lock()
+		r.closed = true
+		close(r.ch)
+		r.mu.Unlock()
+		<-r.done
+		return nil
+	})
+	s.metrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "warbler_login_events_dropped_total", Help: "Login behaviour events dropped because the writer fell behind."},
+		func() float64 { return float64(r.dropped.Load()) }))
+}
+
+// recordLogin is called with every presence change of a user.
+func (s *Server) recordLogin(app, user string, online bool) {
+	r := s.logins
+	if r == nil || !online {
+		return
+	}
+	now := time.Now()
+	k := app + "/" + user
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed || now.Sub(r.last[k]) < loginEvery {
+		return
+	}
+	if len(r.last) >= 200_000 { // forget, rather than grow without bound
+		r.last = map[string]time.Time{}
+	}
+	r.last[k] = now
+	select {
+	case r.ch <- loginEvent{app: app, user: user, at: now}:
+	default:
+		r.dropped.Add(1)
+	}
+}
+
+func (r *loginRecorder) run() {
+	defer close(r.done)
+	batch := map[string][]storage.Event{}
+	n := 0
+	flush := func() {
+		for app, evs := range batch {
+			if _, err := r.s.audience.RecordEvents(context.Background(), app, evs); err != nil {
+				r.s.log.Error("recording login events failed", "app", app, "events", len(evs), "err", err)
+			}
+		}
+		clear(batch)
+		n = 0
+	}
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case e, ok := <-r.ch:
+			if !ok {
+				flush()
+				return
+			}
+			batch[e.app] = append(batch[e.app], storage.Event{User: e.user, Name: "login", Time: e.at})
+			if n++; n >= audience.MaxEventBatch {
+				flush()
+			}
+		case <-t.C:
+			flush()
+		}
+	}
 }

@@ -130,6 +130,7 @@ func (s *Server) wireWebhooks() error {
 // last one closes. In a scaled-out deployment each process reports its own
 // connections.
 func (s *Server) chatPresence(app, user, device string, online bool, at int64) {
+	s.recordLogin(app, user, online)
 	if s.webhooks == nil {
 		return
 	}
