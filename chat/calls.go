@@ -153,8 +153,7 @@ func (s *Service) Call(ctx context.Context, from Sender, conv, to string, sig pr
 	if err := s.allowWrite(from); err != nil {
 		return res, err
 	}
-	cs := s.conv(from.App, conv)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, conv)
 	defer cs.mu.Unlock()
 	var (
 		v   *convView
@@ -307,8 +306,7 @@ func (s *Service) callSignal(from Sender, conv, key string, sig protocol.CallSig
 func (s *Service) callTimeout(app, key string, c *call) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cs := s.conv(app, c.conv)
-	cs.mu.Lock()
+	cs := s.lockConv(app, c.conv)
 	defer cs.mu.Unlock()
 	s.calls.mu.Lock()
 	ringing := s.calls.m[key] == c && c.state == protocol.CallRinging

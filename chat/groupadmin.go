@@ -638,8 +638,7 @@ func (s *Service) Join(ctx context.Context, from Sender, conv, token, text strin
 		}
 		conv = rec.Conv
 	}
-	cs := s.conv(from.App, conv)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, conv)
 	defer func() { s.Invalidate(from.App, conv); cs.mu.Unlock() }()
 	c, err := s.store.GetConversation(ctx, from.App, conv)
 	if errors.Is(err, storage.ErrNotFound) {

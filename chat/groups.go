@@ -70,8 +70,7 @@ func (s *Service) Create(ctx context.Context, from Sender, in CreateRequest) (pr
 		ms = append(ms, storage.Member{User: u, Role: storage.RoleMember, Joined: now})
 	}
 	c := storage.Conversation{ID: id, Kind: kind, Name: in.Name, CreatedBy: from.User, Created: now}
-	cs := s.conv(from.App, id)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, id)
 	defer cs.mu.Unlock()
 	if err := s.store.CreateConversation(ctx, from.App, c, ms); err != nil {
 		if errors.Is(err, storage.ErrExists) {
@@ -93,8 +92,7 @@ func (s *Service) Create(ctx context.Context, from Sender, in CreateRequest) (pr
 // callers also drop it as soon as they change it, so that the system event
 // announcing a change is fanned out to the new membership).
 func (s *Service) lockedMember(ctx context.Context, from Sender, conv string, need storage.Role) (*convState, storage.Conversation, storage.Member, func(), error) {
-	cs := s.conv(from.App, conv)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, conv)
 	c, m, err := s.member(ctx, from, conv)
 	if err == nil && c.Kind == storage.KindDirect && need != storage.RoleMember {
 		err = protocol.Errorf(protocol.CodeForbidden, "direct conversations have no roles or member changes")

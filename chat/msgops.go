@@ -169,8 +169,7 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 	if err := s.allowWrite(from); err != nil {
 		return res, err
 	}
-	cs := s.conv(from.App, conv)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, conv)
 	defer cs.mu.Unlock()
 	type outcome struct {
 		ack protocol.Ack

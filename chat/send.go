@@ -165,8 +165,7 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 	if in.To != "" {
 		id = protocol.DirectConvID(from.User, in.To)
 	}
-	cs := s.conv(from.App, id)
-	cs.mu.Lock()
+	cs := s.lockConv(from.App, id)
 	var (
 		v   *convView
 		err error
@@ -329,7 +328,9 @@ func (s *Service) enqueueLocked(ctx context.Context, cs *convState, app string, 
 	if s.o.Indexer != nil {
 		p.index = &msg
 	}
+	cs.busy.Add(1)
 	if err := s.store.AppendAsync(ctx, app, b, p.stored); err != nil {
+		cs.busy.Add(-1)
 		return err
 	}
 	cs.head = msg.Seq
@@ -460,6 +461,7 @@ func (o *outbox) run() {
 		o.mu.Unlock()
 		for i, p := range batch {
 			p.finish()
+			p.cs.busy.Add(-1)
 			batch[i] = nil
 		}
 	}

@@ -174,7 +174,10 @@ type Service struct {
 	quota *limiter
 	cache *convCache
 
-	convs sync.Map // app/conv -> *convState
+	convs     sync.Map     // app/conv -> *convState
+	nconvs    atomic.Int64 // entries in convs
+	sweeping  atomic.Bool
+	lastSweep atomic.Int64 // unix ns
 
 	claimMu sync.Mutex
 	claims  map[claimKey]*claim // cmids whose append is queued
@@ -199,6 +202,14 @@ type Service struct {
 // sender may hold while it waits for the store), and the next sender, seeing
 // failedGen reach gen, re-reads the head. Failures of appends from an older
 // generation, which were queued before the reload, change nothing.
+//
+// Eviction. A state lives in Service.convs only while it is useful: one
+// with no append queued or being reported (busy == 0) and not used for
+// convIdle is dropped by a sweep once there are more than maxConvStates,
+// so the map tracks the conversations in use, not every one ever written
+// to. The sweep marks a state dead under its lock; lockConv, finding a
+// dead state after locking it, looks again and gets a fresh one, which
+// reads the head from the store (everything is durable by then).
 type convState struct {
 	mu        sync.Mutex
 	head      uint64
@@ -206,7 +217,18 @@ type convState struct {
 	gen       uint64
 	failedGen atomic.Uint64
 	out       outbox // completions, in seq order
+
+	busy     atomic.Int64 // appends queued and not yet reported
+	lastUsed atomic.Int64 // unix ns of the last lockConv
+	dead     bool         // evicted; guarded by mu
 }
+
+// Bounds of the per-conversation state (see convState).
+const (
+	maxConvStates = 1 << 16
+	convIdle      = time.Minute
+	sweepEvery    = 10 * time.Second
+)
 
 // New returns a Service. It starts no goroutines; see StartRetention.
 func New(o Options) (*Service, error) {
@@ -268,13 +290,64 @@ func (s *Service) Stats() Stats {
 	return Stats{Sent: s.sent.Load(), Duplicates: s.dups.Load(), Conflicts: s.conflicts.Load(), QuotaDenied: s.denied.Load()}
 }
 
-func (s *Service) conv(app, conv string) *convState {
+// lockConv returns the live state of a conversation, locked.
+func (s *Service) lockConv(app, conv string) *convState {
 	k := app + "/" + conv
-	if v, ok := s.convs.Load(k); ok {
-		return v.(*convState)
+	for {
+		v, ok := s.convs.Load(k)
+		if !ok {
+			var loaded bool
+			if v, loaded = s.convs.LoadOrStore(k, &convState{}); !loaded {
+				if s.nconvs.Add(1) > maxConvStates {
+					s.maybeSweep()
+				}
+			}
+		}
+		cs := v.(*convState)
+		cs.mu.Lock()
+		if !cs.dead {
+			cs.lastUsed.Store(s.now().UnixNano())
+			return cs
+		}
+		cs.mu.Unlock()
 	}
-	v, _ := s.convs.LoadOrStore(k, &convState{})
-	return v.(*convState)
+}
+
+// maybeSweep starts a sweep of idle conversation states, unless one ran
+// within sweepEvery or is running.
+func (s *Service) maybeSweep() {
+	now := time.Now().UnixNano()
+	if now-s.lastSweep.Load() < int64(sweepEvery) || !s.sweeping.CompareAndSwap(false, true) {
+		return
+	}
+	s.lastSweep.Store(now)
+	go func() {
+		defer s.sweeping.Store(false)
+		s.sweepConvs(s.now().Add(-convIdle))
+	}()
+}
+
+// sweepConvs drops the states with nothing in progress that were last used
+// before idleSince, and returns how many it dropped. A state whose lock is
+// held is in use and skipped.
+func (s *Service) sweepConvs(idleSince time.Time) int {
+	n := 0
+	s.convs.Range(func(k, v any) bool {
+		cs := v.(*convState)
+		if cs.lastUsed.Load() >= idleSince.UnixNano() || cs.busy.Load() != 0 || !cs.mu.TryLock() {
+			return true
+		}
+		if cs.busy.Load() == 0 && !cs.dead {
+			cs.dead = true
+			if s.convs.CompareAndDelete(k, cs) {
+				s.nconvs.Add(-1)
+				n++
+			}
+		}
+		cs.mu.Unlock()
+		return true
+	})
+	return n
 }
 
 // Handle runs one parsed request for from and returns its result (the

@@ -47,11 +47,16 @@ type ChatStore struct {
 	db *badger.DB
 	c  *committer
 
-	// durable holds, for every conversation appended to since start, the
-	// highest seq known to be on stable storage. Entries above it may be
-	// committed (visible to Badger readers) but not yet synced; readers of
-	// the log never see them, so no device can be told of a message that a
-	// power loss could then take back (and whose seq would be reused).
+	// durable holds, for every conversation appended to in the batch the
+	// committer is working on, the highest seq known to be on stable
+	// storage. Entries above it may be committed (visible to Badger
+	// readers) but not yet synced; readers of the log never see them, so no
+	// device can be told of a message that a power loss could then take
+	// back (and whose seq would be reused). The committer works one batch
+	// at a time, so once a batch is synced everything committed is durable
+	// and the map is emptied: it holds at most one batch's conversations,
+	// not every one written to since start. After a failed sync it is kept
+	// (the store refuses writes from then on).
 	mu      sync.Mutex
 	durable map[string]uint64
 }
@@ -68,11 +73,17 @@ func NewChat(db *DB, o ChatOptions) *ChatStore {
 	if o.MaxTxnBytes <= 0 {
 		o.MaxTxnBytes = 512 << 10
 	}
-	return &ChatStore{
+	s := &ChatStore{
 		db:      db.Badger(),
 		c:       newCommitter(db.Badger(), o.MaxBatch, o.MaxTxnBytes),
 		durable: map[string]uint64{},
 	}
+	s.c.synced = func() {
+		s.mu.Lock()
+		clear(s.durable)
+		s.mu.Unlock()
+	}
+	return s
 }
 
 // Close finishes queued writes and stops the committer. Later writes fail

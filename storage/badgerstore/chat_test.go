@@ -336,3 +336,35 @@ func TestSyncRotatedWALs(t *testing.T) {
 		t.Fatal("a deleted WAL is still remembered")
 	}
 }
+
+// The durable marks are per batch in progress: once appends are durable
+// none is left, however many conversations were written to, and readers
+// see every entry.
+func TestDurableMarksDoNotAccumulate(t *testing.T) {
+	_, s := openChat(t)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		conv := fmt.Sprint("c", i)
+		if err := s.AppendAsync(bg, "app", storage.AppendBatch{Entries: entries(conv, 1, 2)}, func(err error) {
+			defer wg.Done()
+			if err != nil {
+				t.Errorf("append %s: %v", conv, err)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	s.mu.Lock()
+	n := len(s.durable)
+	s.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d durable marks kept after every append was durable", n)
+	}
+	for _, conv := range []string{"c0", "c199"} {
+		if head, err := s.LastSeq(bg, "app", conv); err != nil || head != 2 {
+			t.Fatalf("%s: head %d %v", conv, head, err)
+		}
+	}
+}

@@ -118,6 +118,11 @@ type committer struct {
 	// The read cache (see wtxn); used by the committer goroutine only.
 	cache, overlay map[string]cval
 
+	// synced, if set, runs on the committer goroutine after each batch
+	// that left nothing committed and not yet durable (every batch, until
+	// a sync fails).
+	synced func()
+
 	// failed is set for good when a sync fails. After a failed fsync the
 	// state of the files is unknown (the kernel may have dropped the dirty
 	// pages), so the store refuses every later write rather than build on
@@ -327,6 +332,9 @@ func (c *committer) process(batch []*commitReq) {
 				}
 			}
 		}
+	}
+	if c.failed == nil && c.synced != nil {
+		c.synced()
 	}
 	for _, r := range batch {
 		r.finish()
