@@ -20,7 +20,7 @@ type env struct {
 	now time.Time
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	db, err := badgerstore.Open(t.TempDir(), badgerstore.Options{})
 	if err != nil {
