@@ -235,7 +235,8 @@ func (s *Service) mutate(ctx context.Context, from Sender, conv, id string, seq 
 	}
 }
 
-// Edit replaces the body of a message the caller sent. The message keeps
+// Edit replaces the body of a message the caller sent (not a forwarded
+// copy, and in a channel only while the caller is an admin). The message keeps
 // its id and seq and gets "edited": true, the time of the edit and the seqs
 // of its edit events ("edits"); each edit event carries the new body and
 // the one it replaced ("prev"), so the log holds the message's versions.
@@ -257,6 +258,13 @@ func (s *Service) Edit(ctx context.Context, from Sender, conv, id string, seq ui
 		switch {
 		case m.From.User != from.User:
 			return nil, protocol.Errorf(protocol.CodeForbidden, "only the sender may edit a message")
+		case v.conv.Kind == storage.KindChannel && !from.Service && rank(role) < rank(storage.RoleAdmin):
+			// Editing is writing: an admin who was demoted no longer may.
+			return nil, protocol.Errorf(protocol.CodeForbidden, "only admins may write to channel %s", conv)
+		case m.Forwarded != nil:
+			// The copy speaks for its original author ("forwarded" names
+			// them): a new body would put words in their mouth.
+			return nil, protocol.Errorf(protocol.CodeBadState, "message %d of %s is forwarded: it cannot be edited", seq, conv)
 		case m.Recalled:
 			return nil, protocol.Errorf(protocol.CodeBadState, "message %d of %s was recalled", seq, conv)
 		case len(m.Edits) >= MaxEdits:
@@ -270,10 +278,10 @@ func (s *Service) Edit(ctx context.Context, from Sender, conv, id string, seq ui
 }
 
 // Recall withdraws a message: its stored copy (and its edit events) lose
-// their body, reactions and mentions and get "recalled": true. The sender
-// may recall within the app's recall window; admins and owners of groups
-// and channels, and services, any time. Recalling a recalled message
-// changes nothing.
+// their body, attachment, reactions and mentions and get "recalled":
+// true. The sender may recall within the app's recall window; admins and
+// owners of groups and channels, and services, any time. Recalling a
+// recalled message changes nothing.
 func (s *Service) Recall(ctx context.Context, from Sender, conv, id string, seq uint64) (protocol.OpResult, error) {
 	return s.mutate(ctx, from, conv, id, seq, func(v *convView, role storage.Role, m *protocol.Message) (*change, error) {
 		if m.Recalled {
@@ -310,6 +318,7 @@ func (s *Service) Recall(ctx context.Context, from Sender, conv, id string, seq 
 		}
 		return &change{typ: protocol.TypeRecall, more: more, apply: func(m *protocol.Message, ev *protocol.Message) {
 			m.Body, m.Reactions, m.Mentions, m.MentionAll = nil, nil, nil, false
+			m.Attachment = nil // the file's description (name, size, thumbnail) goes too
 			m.Recalled, m.RecalledBy, m.RecalledTS = true, from.User, ev.TS
 		}}, nil
 	})
