@@ -418,7 +418,8 @@ func (s *Service) Opened(ctx context.Context, app, id, user string) (bool, error
 
 // Outcome adds a provider's answer for a notification of campaign id
 // ("accepted", "failed" or "dropped"; other states are ignored). It does
-// not block; the counts are written every FlushEvery.
+// not block; the counts are written every FlushEvery (after Close, at
+// once, for the answers that arrive while the push bridge shuts down).
 func (s *Service) Outcome(app, id, state string) {
 	var d storage.CampaignStats
 	switch state {
@@ -435,7 +436,11 @@ func (s *Service) Outcome(app, id, state string) {
 	cur := s.pending[app+"/"+id]
 	cur.Add(d)
 	s.pending[app+"/"+id] = cur
+	closed := s.closed
 	s.mu.Unlock()
+	if closed { // the push bridge stops after this service: write at once
+		s.flush()
+	}
 }
 
 func (s *Service) flushLoop() {
