@@ -27,6 +27,9 @@ type WebhooksConfig struct {
 	AllowCIDRs []string `yaml:"allow_cidrs"`
 	// Workers bounds the requests in flight over all endpoints (16).
 	Workers int `yaml:"workers"`
+	// PerEndpoint bounds the requests in flight to one endpoint (4), so
+	// that a slow receiver cannot hold every worker.
+	PerEndpoint int `yaml:"per_endpoint"`
 	// Timeout bounds one request up to the response headers (10s).
 	Timeout Duration `yaml:"timeout"`
 	// MaxAttempts is how often a delivery is tried before it fails (15).
@@ -47,7 +50,7 @@ type WebhooksConfig struct {
 // DefaultWebhooks returns the webhook defaults.
 func DefaultWebhooks() WebhooksConfig {
 	return WebhooksConfig{
-		Workers: 16, Timeout: Duration(10 * time.Second), MaxAttempts: 15,
+		Workers: 16, PerEndpoint: 4, Timeout: Duration(10 * time.Second), MaxAttempts: 15,
 		RetryBase: Duration(5 * time.Second), RetryMax: Duration(time.Hour),
 		DisableAfter: Duration(72 * time.Hour), Retention: Duration(72 * time.Hour), MaxEndpoints: 16,
 	}
@@ -58,8 +61,8 @@ func (c *WebhooksConfig) Validate() error {
 	if _, err := c.allow(); err != nil {
 		return err
 	}
-	if c.Workers < 1 || c.MaxAttempts < 1 || c.MaxEndpoints < 1 {
-		return errors.New("config: webhooks.workers, webhooks.max_attempts and webhooks.max_endpoints must be positive")
+	if c.Workers < 1 || c.PerEndpoint < 1 || c.MaxAttempts < 1 || c.MaxEndpoints < 1 {
+		return errors.New("config: webhooks.workers, per_endpoint, max_attempts and max_endpoints must be positive")
 	}
 	if c.Timeout.D() <= 0 || c.RetryBase.D() <= 0 || c.RetryMax.D() < c.RetryBase.D() || c.Retention.D() <= 0 || c.DisableAfter.D() < 0 {
 		return errors.New("config: webhooks.timeout, retry_base and retention must be positive, retry_max at least retry_base, disable_after not negative")
@@ -103,7 +106,7 @@ func (s *Server) wireWebhooks() error {
 		Store:     badgerstore.NewWebhookStore(s.db, badgerstore.WebhookOptions{Retention: c.Retention.D()}),
 		MasterKey: key,
 		Guard:     &webhook.Guard{AllowPrivate: c.AllowPrivate, Allow: allow},
-		Workers:   c.Workers, Timeout: c.Timeout.D(), MaxAttempts: c.MaxAttempts,
+		Workers:   c.Workers, PerEndpoint: c.PerEndpoint, Timeout: c.Timeout.D(), MaxAttempts: c.MaxAttempts,
 		RetryBase: c.RetryBase.D(), RetryMax: c.RetryMax.D(), DisableAfter: disable, MaxEndpoints: c.MaxEndpoints,
 		Logger: s.log.With("component", "webhooks"),
 	})

@@ -37,7 +37,8 @@
 // Publish hands an event to a goroutine that writes one delivery per
 // subscribed endpoint to the store (storage.WebhookStore) in synced
 // batches. Workers (Options.Workers, bounding the requests in flight over
-// all endpoints) claim due deliveries and POST them. A 2xx answer is
+// all endpoints, and Options.PerEndpoint, bounding those to one endpoint)
+// claim due deliveries and POST them. A 2xx answer is
 // success. Anything else — another status, a redirect (never followed), a
 // timeout, a refused or failed connection — is retried after
 // RetryBase*2^(n-1), capped at RetryMax and jittered to between half and

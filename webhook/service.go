@@ -49,6 +49,11 @@ type Options struct {
 	Guard *Guard
 	// Workers bounds the requests in flight over all endpoints (16).
 	Workers int
+	// PerEndpoint bounds the requests in flight to one endpoint (a quarter
+	// of Workers, at least 1), so that one slow receiver cannot take every
+	// worker from the others. A due delivery whose endpoint is at the
+	// bound waits for a moment in the queue.
+	PerEndpoint int
 	// Timeout bounds one request, from dialing to the end of the response
 	// headers (10 s).
 	Timeout time.Duration
@@ -132,6 +137,8 @@ type Service struct {
 	loopWG  sync.WaitGroup
 	workWG  sync.WaitGroup
 	sem     chan struct{}
+	busyMu  sync.Mutex
+	busy    map[string]int // app/endpoint -> requests in flight
 	started atomic.Bool
 }
 
@@ -157,6 +164,9 @@ func New(o Options) (*Service, error) {
 	}
 	if o.Workers <= 0 {
 		o.Workers = 16
+	}
+	if o.PerEndpoint <= 0 {
+		o.PerEndpoint = max(1, o.Workers/4)
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
@@ -227,7 +237,8 @@ func New(o Options) (*Service, error) {
 		in:    make(chan pending, o.Buffer),
 		wake:  make(chan struct{}, 1),
 		ctx:   ctx, cancel: cancel,
-		sem: make(chan struct{}, o.Workers),
+		sem:  make(chan struct{}, o.Workers),
+		busy: map[string]int{},
 	}
 	return s, nil
 }
@@ -711,10 +722,31 @@ func (s *Service) dispatch() {
 				s.log.Error("webhook: cannot claim deliveries", "error", err)
 			}
 			for _, d := range ds {
+				k := d.App + "/" + d.Endpoint
+				s.busyMu.Lock()
+				ok := s.busy[k] < s.o.PerEndpoint
+				if ok {
+					s.busy[k]++
+				}
+				s.busyMu.Unlock()
+				if !ok {
+					// Back in the queue untried, behind what is due now.
+					s.requeue(d, s.now().Add(min(s.o.Poll, 200*time.Millisecond)), "")
+					continue
+				}
 				s.sem <- struct{}{}
 				s.workWG.Add(1)
 				go func() {
-					defer func() { <-s.sem; s.workWG.Done(); s.kick() }()
+					defer func() {
+						s.busyMu.Lock()
+						if s.busy[k]--; s.busy[k] == 0 {
+							delete(s.busy, k)
+						}
+						s.busyMu.Unlock()
+						<-s.sem
+						s.workWG.Done()
+						s.kick()
+					}()
 					s.attempt(d)
 				}()
 			}
@@ -775,7 +807,7 @@ func (s *Service) attempt(d storage.WebhookDelivery) {
 	secrets, err := s.openSecrets(ep)
 	if err != nil {
 		s.log.Error("webhook: endpoint secret", "app", d.App, "endpoint", d.Endpoint, "error", err)
-		s.requeue(d, start, err.Error())
+		s.fail(d, ep, start, 0, "cannot open the endpoint's signing secret", 0)
 		return
 	}
 	keys := []string{secrets.Current}
@@ -898,13 +930,13 @@ func (s *Service) markEndpoint(app, id string, fn func(*storage.WebhookEndpoint)
 
 var errUnchanged = errors.New("unchanged")
 
-// requeue puts d back without counting an attempt (the service is
-// stopping, or could not even try).
-func (s *Service) requeue(d storage.WebhookDelivery, now time.Time, why string) {
-	d.State, d.UpdatedAt = storage.WebhookQueued, now.UTC()
-	d.Due = now
+// requeue puts d back, due at due, without counting an attempt (the
+// service is stopping, the endpoint is at its bound, or the endpoint could
+// not be read: then with a warning, and RetryBase later).
+func (s *Service) requeue(d storage.WebhookDelivery, due time.Time, why string) {
+	d.State, d.UpdatedAt, d.Due = storage.WebhookQueued, s.now().UTC(), due
 	if why != "" {
-		d.Due = now.Add(s.o.RetryBase)
+		d.Due = due.Add(s.o.RetryBase)
 		s.log.Warn("webhook: delivery postponed", "app", d.App, "endpoint", d.Endpoint, "delivery", d.ID, "reason", why)
 	}
 	s.finish(d)

@@ -439,3 +439,49 @@ func TestEndpointDisabledAfterFailingTooLong(t *testing.T) {
 		t.Fatalf("%+v %v", got, err)
 	}
 }
+
+// TestSlowEndpointDoesNotStarveOthers: with one request in flight per
+// endpoint, a receiver that hangs holds one worker, and another endpoint's
+// events still go out.
+func TestSlowEndpointDoesNotStarveOthers(t *testing.T) {
+	e := newEnv(t, Options{Workers: 4, PerEndpoint: 1})
+	ctx := context.Background()
+	release := make(chan struct{})
+	var inFlight, most atomic.Int64
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		for {
+			m := most.Load()
+			if n <= m || most.CompareAndSwap(m, n) {
+				break
+			}
+		}
+		<-release
+		inFlight.Add(-1)
+	}))
+	defer slow.Close()
+	defer close(release)
+	if _, _, err := e.svc.CreateEndpoint(ctx, "a1", EndpointSpec{URL: ptr(slow.URL), Events: ptr([]string{"user.*"})}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.svc.CreateEndpoint(ctx, "a1", EndpointSpec{URL: ptr(e.recv.URL), Events: ptr([]string{"message.*"})}); err != nil {
+		t.Fatal(err)
+	}
+	for range 8 {
+		e.svc.Publish("a1", EventUserOnline, map[string]string{"user": "u"})
+	}
+	deadline := time.Now().Add(waitFor)
+	for inFlight.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow receiver got nothing")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 5 {
+		e.svc.Publish("a1", EventMessageCreated, map[string]int{"n": i})
+		e.hit()
+	}
+	if m := most.Load(); m != 1 {
+		t.Fatalf("%d requests at once to one endpoint, want at most 1", m)
+	}
+}
