@@ -45,6 +45,7 @@ func (c *ChatAPI) Register(mux Mux) {
 	mux.Handle("GET /v1/apps/{app}/conversations/{conv}/messages", HandlerFunc(c.convMessages))
 	mux.Handle("GET /v1/apps/{app}/users/{user}/direct/{peer}/messages", HandlerFunc(c.directMessages))
 	c.registerConversations(mux)
+	c.registerMessageOps(mux)
 }
 
 type messagesView struct {
@@ -121,7 +122,7 @@ func chatErr(err error) error {
 	switch pe.Code {
 	case protocol.CodeNotFound, protocol.CodeNotMember:
 		status = http.StatusNotFound
-	case protocol.CodeForbidden:
+	case protocol.CodeForbidden, protocol.CodeTooLate, protocol.CodeBlocked, protocol.CodeMuted:
 		status = http.StatusForbidden
 	case protocol.CodeQuota:
 		status = http.StatusTooManyRequests
@@ -131,7 +132,7 @@ func chatErr(err error) error {
 		status = http.StatusInternalServerError
 	case protocol.CodeTooLarge:
 		status = http.StatusRequestEntityTooLarge
-	case protocol.CodeExists, protocol.CodeFull:
+	case protocol.CodeExists, protocol.CodeFull, protocol.CodeBadState:
 		status = http.StatusConflict
 	}
 	if errors.Is(err, context.DeadlineExceeded) {

@@ -14,6 +14,8 @@ package api
 //	POST   /v1/apps/{app}/conversations/{conv}/messages          "publish" as the service; "users" with "from"
 //	POST   /v1/apps/{app}/users/{user}/direct/{peer}/messages    "users"  as user, to peer
 //
+// (Editing and recalling a stored message: messageops.go.)
+//
 // The service acts as the owner of every conversation of its app: it may
 // add and remove anyone, change roles and write to channels. Membership
 // changes are recorded in the conversation's log as system messages by
@@ -377,6 +379,17 @@ type sendBody struct {
 	Type string          `json:"type"`
 	Body json.RawMessage `json:"body"`
 	CMID string          `json:"cmid"`
+	// ReplyTo, Mentions and MentionAll are as in the MQTT send
+	// (docs/PROTOCOL.md, "Replies and mentions"; messageops.go).
+	ReplyTo    *protocol.Ref `json:"reply_to"`
+	Mentions   []string      `json:"mentions"`
+	MentionAll bool          `json:"mention_all"`
+}
+
+// request is the chat send of b to conv (or to the user peer).
+func (b *sendBody) request(conv, peer string) chat.SendRequest {
+	return chat.SendRequest{Conv: conv, To: peer, CMID: b.CMID, Type: b.Type, Body: b.Body,
+		ReplyTo: b.ReplyTo, Mentions: b.Mentions, MentionAll: b.MentionAll}
 }
 
 func (b *sendBody) fill() error {
@@ -429,7 +442,7 @@ func (c *ChatAPI) sendConv(w http.ResponseWriter, r *http.Request) error {
 	} else if _, err := c.auth.forApp(r, identity.ScopePublish); err != nil {
 		return err
 	}
-	return c.send(w, r, from, chat.SendRequest{Conv: conv, CMID: b.CMID, Type: b.Type, Body: b.Body})
+	return c.send(w, r, from, b.request(conv, ""))
 }
 
 func (c *ChatAPI) sendDirect(w http.ResponseWriter, r *http.Request) error {
@@ -454,7 +467,7 @@ func (c *ChatAPI) sendDirect(w http.ResponseWriter, r *http.Request) error {
 	if err := c.activeUser(r, app, user); err != nil {
 		return err
 	}
-	return c.send(w, r, chat.Sender{App: app, User: user}, chat.SendRequest{To: peer, CMID: b.CMID, Type: b.Type, Body: b.Body})
+	return c.send(w, r, chat.Sender{App: app, User: user}, b.request("", peer))
 }
 
 func (c *ChatAPI) send(w http.ResponseWriter, r *http.Request, from chat.Sender, req chat.SendRequest) error {

@@ -198,7 +198,7 @@ type routeCase struct {
 	// never compressed; the body and gzip checks do not apply.
 	stream bool
 	want   int
-	after   func(e *apiEnv, r apiResp) // checks the success answer, saves values
+	after  func(e *apiEnv, r apiResp) // checks the success answer, saves values
 }
 
 func p(s string) func(*apiEnv) string { return func(*apiEnv) string { return s } }
@@ -292,7 +292,8 @@ func routeCases(t *testing.T) []routeCase {
 		{route: "DELETE /v1/apps/{app}/conversations/{conv}/members/{user}", path: p("/v1/apps/acme/conversations/team/members/dan"), auth: "key:users", lacking: "acme:publish", want: 204},
 		{route: "GET /v1/apps/{app}/users/{user}/conversations", path: p("/v1/apps/acme/users/alice/conversations"), auth: "key:users", lacking: "acme:publish", want: 200},
 		{route: "POST /v1/apps/{app}/conversations/{conv}/messages", path: p("/v1/apps/acme/conversations/team/messages"), auth: "key:publish", lacking: "acme:push",
-			body: b(map[string]any{"body": map[string]string{"text": "from the service"}, "cmid": "svc-1"}), want: 201},
+			body: b(map[string]any{"body": map[string]string{"text": "from the service"}, "cmid": "svc-1"}), want: 201,
+			after: func(e *apiEnv, r apiResp) { e.vars["svc_seq"] = fmt.Sprint(r.body["seq"]) }},
 		{route: "POST /v1/apps/{app}/users/{user}/direct/{peer}/messages", path: p("/v1/apps/acme/users/alice/direct/bob/messages"), auth: "key:users", lacking: "acme:publish",
 			body: b(map[string]any{"body": "hi bob"}), want: 201},
 		{route: "GET /v1/apps/{app}/conversations/{conv}/messages", path: p("/v1/apps/acme/conversations/team/messages"), auth: "key:admin", lacking: "acme:users", want: 200},
@@ -300,6 +301,22 @@ func routeCases(t *testing.T) []routeCase {
 			after: func(e *apiEnv, r apiResp) {
 				if ms, _ := r.body["messages"].([]any); len(ms) != 1 {
 					t.Errorf("direct history: %s", r.raw)
+				}
+			}},
+		{route: "PATCH /v1/apps/{app}/conversations/{conv}/messages/{seq}", path: func(e *apiEnv) string { return "/v1/apps/acme/conversations/team/messages/" + e.vars["svc_seq"] },
+			auth: "key:publish", lacking: "acme:push", body: b(map[string]any{"body": map[string]string{"text": "edited by the service"}}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if ref, _ := r.body["ref"].(map[string]any); fmt.Sprint(ref["seq"]) != e.vars["svc_seq"] || r.body["seq"] == nil {
+					t.Errorf("edit: %s", r.raw)
+				}
+			}},
+		{route: "POST /v1/apps/{app}/conversations/{conv}/messages/{seq}/recall", path: func(e *apiEnv) string {
+			return "/v1/apps/acme/conversations/team/messages/" + e.vars["svc_seq"] + "/recall"
+		},
+			auth: "key:publish", lacking: "acme:push", body: b(map[string]any{}), want: 200,
+			after: func(e *apiEnv, r apiResp) {
+				if r.body["seq"] == nil || r.body["unchanged"] != nil {
+					t.Errorf("recall: %s", r.raw)
 				}
 			}},
 
@@ -447,9 +464,13 @@ func routeCases(t *testing.T) []routeCase {
 		{route: "HEAD /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload"] }, auth: "user", want: 200},
 		{route: "GET /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload"] }, auth: "user", want: 200},
 		{route: "PATCH /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload"] }, auth: "user", stream: true,
-			body: b([]byte("01234")), header: func(*apiEnv) []string { return []string{"Upload-Offset", "0", "Content-Type", "application/offset+octet-stream"} }, want: 204},
+			body: b([]byte("01234")), header: func(*apiEnv) []string {
+				return []string{"Upload-Offset", "0", "Content-Type", "application/offset+octet-stream"}
+			}, want: 204},
 		{route: "PUT /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload"] }, auth: "user", stream: true,
-			body: b([]byte("56789")), header: func(*apiEnv) []string { return []string{"Content-Range", "bytes 5-9/10", "Content-Type", "application/octet-stream"} }, want: 201},
+			body: b([]byte("56789")), header: func(*apiEnv) []string {
+				return []string{"Content-Range", "bytes 5-9/10", "Content-Type", "application/octet-stream"}
+			}, want: 201},
 		{route: "DELETE /v1/uploads/{id}", path: func(e *apiEnv) string { return "/v1/uploads/" + e.vars["upload2"] }, auth: "user", want: 204},
 
 		// Search (a user's access token).

@@ -473,6 +473,9 @@ func (s *Service) sendExtras(ctx context.Context, from Sender, v *convView, in S
 		}
 		reply = &protocol.Ref{ID: m.ID, Seq: m.Seq, From: m.From.User}
 	}
+	if len(in.Mentions) > protocol.MaxMentions {
+		return nil, protocol.Errorf(protocol.CodeTooLarge, "mentions: at most %d users", protocol.MaxMentions)
+	}
 	var mentions []string
 	for _, u := range in.Mentions {
 		if slices.Contains(mentions, u) {
