@@ -397,3 +397,28 @@ func TestLargeUploadStreams(t *testing.T) {
 		t.Fatalf("range: %d, %d bytes", rg.status, len(rg.body))
 	}
 }
+
+// TestAttachmentHistoryFromJoin: in a group whose history is visible from
+// the join, a member who joined later cannot download a file sent before,
+// until a message they can read refers to it again.
+func TestAttachmentHistoryFromJoin(t *testing.T) {
+	s := startServer(t, nil)
+	tcp := func() net.Conn { return mqtttest.DialTCP(t, s.Addrs().MQTT) }
+	alice := chatConnect(t, s, tcp(), "alice", "phone")
+	dave := chatConnect(t, s, tcp(), "dave", "phone")
+	aliceTok, daveTok := userToken(t, s, "alice"), userToken(t, s, "dave")
+	alice.request(t, map[string]any{"op": "create", "kind": "group", "conv": "club", "members": []string{}})
+	alice.request(t, map[string]any{"op": "settings", "conv": "club", "settings": map[string]any{"history": "join"}})
+	up := doHTTP(t, s, "POST", "/v1/files?name=old.png", aliceTok, nil, bytes.NewReader(testPNG(t, 20, 20)))
+	id := up.json(t)["id"].(string)
+	alice.request(t, map[string]any{"conv": "club", "cmid": "p1", "type": "image", "attachment": id, "body": map[string]any{}})
+	alice.request(t, map[string]any{"op": "add", "conv": "club", "members": []string{"dave"}})
+	if r := doHTTP(t, s, "GET", "/v1/files/"+id, daveTok, nil, nil); r.status != http.StatusNotFound {
+		t.Fatalf("dave reads a file sent before he joined: %d", r.status)
+	}
+	ack := alice.request(t, map[string]any{"conv": "club", "cmid": "p2", "type": "image", "attachment": id, "body": map[string]any{"text": "again"}})
+	dave.expectMsg(t, "club", uint64(ack["seq"].(float64)))
+	if r := doHTTP(t, s, "GET", "/v1/files/"+id, daveTok, nil, nil); r.status != http.StatusOK {
+		t.Fatalf("dave after it was sent again: %d %s", r.status, r.body)
+	}
+}

@@ -64,6 +64,12 @@ func (l lateAttachments) Attach(ctx context.Context, app, user, conv, id string)
 	return l.s.media.Attach(ctx, app, user, conv, id)
 }
 
+func (l lateAttachments) Sent(ctx context.Context, app, conv, id string, seq uint64) {
+	if l.s.media != nil {
+		l.s.media.Sent(ctx, app, conv, id, seq)
+	}
+}
+
 // wireMedia starts the media service, its orphan sweeper and its HTTP
 // routes.
 func (s *Server) wireMedia() error {

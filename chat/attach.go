@@ -16,6 +16,10 @@ type Attachments interface {
 	// its members may read it, and returns the description that goes
 	// into the message. Errors are *protocol.Error.
 	Attach(ctx context.Context, app, user, conv, id string) (*protocol.Attachment, error)
+	// Sent tells, once the message has its seq (and before its append
+	// is durable), which message of conv refers to file id, so that
+	// members who may not read that message may not read the file.
+	Sent(ctx context.Context, app, conv, id string, seq uint64)
 }
 
 // attach resolves the attachment of a message to conv; nil if it has none.

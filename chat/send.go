@@ -181,6 +181,7 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 	}
 	var opts []enqOpt
 	var att *protocol.Attachment
+	var attSeq uint64
 	if err == nil {
 		err = s.checkWrite(ctx, from, v, r) // blocks and mutes (contacts.go, groupadmin.go)
 	}
@@ -190,11 +191,14 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 	if err == nil {
 		att, err = s.attach(ctx, from, v.conv.ID, in.Type, in.Attachment)
 		if att != nil {
-			opts = append(opts, func(q *enqueueing) { q.msg.Attachment = att })
+			opts = append(opts, func(q *enqueueing) { q.msg.Attachment, attSeq = att, q.msg.Seq })
 		}
 	}
 	if err == nil {
 		err = s.enqueueLocked(ctx, cs, from.App, v, protocol.Sender{User: from.User, Device: from.Device}, in.CMID, in.Type, in.Body, nil, finish, opts...)
+		if err == nil && att != nil {
+			s.o.Attachments.Sent(ctx, from.App, v.conv.ID, att.ID, attSeq)
+		}
 	}
 	cs.mu.Unlock()
 	if err != nil {

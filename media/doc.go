@@ -23,8 +23,11 @@
 //
 // A file may be read by its uploader and by the members of every
 // conversation it is for: the one named at upload (the uploader must be a
-// member), and every conversation a message referring to it was sent to.
-// Anyone else, and every user of another app, is told it does not exist.
+// member), and every conversation a message referring to it was sent to,
+// provided they may read the latest such message there (a group whose
+// history is visible from the join hides files sent before a member
+// joined). Anyone else, and every user of another app, is told it does
+// not exist.
 //
 // # Resumable uploads
 //

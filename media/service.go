@@ -39,10 +39,11 @@ const (
 // DefaultMaxSize is the upload size limit when the app sets none.
 const DefaultMaxSize = 100 << 20
 
-// Members answers whether a user is a member of a conversation; the chat
-// service implements it.
+// Members answers whether a user is a member of a conversation and may
+// read a given message of it; the chat service implements it.
 type Members interface {
 	IsMember(ctx context.Context, app, conv, user string) (bool, error)
+	CanRead(ctx context.Context, app, user, conv string, seq uint64) (bool, error)
 }
 
 // Options configure a Service. Store, Dir and Members are required.
@@ -307,7 +308,7 @@ func (s *Service) Info(ctx context.Context, who Who, id string) (storage.File, e
 }
 
 // canRead: the uploader, and members of the conversations the file was
-// uploaded for or sent to.
+// uploaded for or sent to who may read the message that sent it there.
 func (s *Service) canRead(ctx context.Context, who Who, f storage.File) (bool, error) {
 	if f.App != who.App {
 		return false, nil
@@ -316,7 +317,13 @@ func (s *Service) canRead(ctx context.Context, who Who, f storage.File) (bool, e
 		return true, nil
 	}
 	for _, c := range f.Convs {
-		ok, err := s.o.Members.IsMember(ctx, who.App, c, who.User)
+		var ok bool
+		var err error
+		if seq := f.Seqs[c]; seq > 0 {
+			ok, err = s.o.Members.CanRead(ctx, who.App, who.User, c, seq)
+		} else {
+			ok, err = s.o.Members.IsMember(ctx, who.App, c, who.User)
+		}
 		if err != nil {
 			return false, s.internal("check membership", err)
 		}
@@ -373,13 +380,24 @@ func (s *Service) Attach(ctx context.Context, app, user, conv, id string) (*prot
 		}
 		return nil, err
 	}
-	if f, err = s.store.LinkFile(ctx, app, id, conv); err != nil {
+	if f, err = s.store.LinkFile(ctx, app, id, conv, 0); err != nil {
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, protocol.Errorf(protocol.CodeNotFound, "attachment: file %s does not exist", id)
 		}
 		return nil, s.internal("link file", err)
 	}
 	return Describe(f), nil
+}
+
+// Sent records the seq of the message that referred to file id in conv
+// (see Attach), once the chat service has assigned it: from then on a
+// member of conv may read the file only if they may read that message.
+// It is not synced (the message's append syncs it); if it is lost in a
+// crash, membership of conv alone decides.
+func (s *Service) Sent(ctx context.Context, app, conv, id string, seq uint64) {
+	if _, err := s.store.LinkFile(ctx, app, id, conv, seq); err != nil {
+		s.log.Warn("media: could not record the message of an attachment", "file", id, "conv", conv, "seq", seq, "err", err)
+	}
 }
 
 // Describe is the attachment of f as it appears in messages.

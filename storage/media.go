@@ -16,12 +16,17 @@ type File struct {
 	Uploader string   `json:"uploader"`
 	Convs    []string `json:"convs,omitempty"`  // conversations whose members may read it
 	Linked   bool     `json:"linked,omitempty"` // a message refers to it; never collected as an orphan
-	Size     int64    `json:"size"`
-	Type     string   `json:"type"` // sniffed MIME type
-	Name     string   `json:"name,omitempty"`
-	SHA256   string   `json:"sha256"` // hex
-	Width    int      `json:"width,omitempty"`
-	Height   int      `json:"height,omitempty"`
+	// Seqs holds, per conversation of Convs, the seq of the latest message
+	// that referred to the file there (absent if unknown): a member who
+	// may not read that message (history visible from the join) may not
+	// read the file either.
+	Seqs   map[string]uint64 `json:"seqs,omitempty"`
+	Size   int64             `json:"size"`
+	Type   string            `json:"type"` // sniffed MIME type
+	Name   string            `json:"name,omitempty"`
+	SHA256 string            `json:"sha256"` // hex
+	Width  int               `json:"width,omitempty"`
+	Height int               `json:"height,omitempty"`
 	// Thumb is the MIME type of the thumbnail blob, "" if there is none.
 	Thumb       string `json:"thumb,omitempty"`
 	ThumbWidth  int    `json:"thumb_width,omitempty"`
@@ -49,10 +54,11 @@ type MediaStore interface {
 	// GetFile returns ErrNotFound if there is no such file.
 	GetFile(ctx context.Context, app, id string) (File, error)
 	// LinkFile adds conv to the file's conversations (if it is not there)
-	// and marks it linked, atomically; ErrNotFound if there is no such
-	// file. The write is durable once the next Sync (or synced write)
-	// returns.
-	LinkFile(ctx context.Context, app, id, conv string) (File, error)
+	// and marks it linked, atomically; with seq > 0 it also records seq
+	// as the latest message of conv that referred to it (keeping a higher
+	// one). ErrNotFound if there is no such file. The write is durable
+	// once the next Sync (or synced write) returns.
+	LinkFile(ctx context.Context, app, id, conv string, seq uint64) (File, error)
 	// DeleteFile removes the record; a missing one is not an error. It
 	// returns how many records of any app still refer to the same blob.
 	DeleteFile(ctx context.Context, app, id string) (remaining int, err error)

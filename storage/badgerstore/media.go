@@ -64,19 +64,27 @@ func (s *MediaStore) GetFile(ctx context.Context, app, id string) (storage.File,
 
 // LinkFile implements storage.MediaStore. It does not sync: the message
 // append that follows it does.
-func (s *MediaStore) LinkFile(ctx context.Context, app, id, conv string) (storage.File, error) {
+func (s *MediaStore) LinkFile(ctx context.Context, app, id, conv string, seq uint64) (storage.File, error) {
 	var f storage.File
 	err := s.d.update(ctx, false, func(txn *badger.Txn) error {
 		f = storage.File{}
 		if err := getJSON(txn, fileKey(app, id), &f); err != nil {
 			return err
 		}
-		if f.Linked && slices.Contains(f.Convs, conv) {
+		old, ok := f.Seqs[conv]
+		newSeq := seq > 0 && (!ok || seq > old)
+		if f.Linked && slices.Contains(f.Convs, conv) && !newSeq {
 			return nil
 		}
 		f.Linked = true
 		if !slices.Contains(f.Convs, conv) {
 			f.Convs = append(f.Convs, conv)
+		}
+		if newSeq {
+			if f.Seqs == nil {
+				f.Seqs = map[string]uint64{}
+			}
+			f.Seqs[conv] = seq
 		}
 		return txn.Set(fileKey(app, id), must(json.Marshal(f)))
 	})
