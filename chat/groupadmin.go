@@ -53,6 +53,11 @@ import (
 // does not say.
 const defaultInviteTTL = 7 * 24 * time.Hour
 
+// MaxInvites bounds the live invite tokens of one conversation (expired
+// and used-up ones do not count: they are deleted when the next one is
+// made or the list is read).
+const MaxInvites = 100
+
 // groupSettings is the stored record gs/{conv}.
 type groupSettings struct {
 	MuteAll      bool                   `json:"mute_all,omitempty"`
@@ -525,6 +530,13 @@ func (s *Service) CreateInvite(ctx context.Context, from Sender, conv string, du
 		return protocol.Invite{}, err
 	}
 	defer unlock()
+	live, err := s.liveInvites(ctx, from.App, conv)
+	if err != nil {
+		return protocol.Invite{}, err
+	}
+	if len(live) >= MaxInvites {
+		return protocol.Invite{}, protocol.Errorf(protocol.CodeFull, "%s has %d live invites, the most it may have: revoke one first", conv, len(live))
+	}
 	ttl := defaultInviteTTL
 	if duration > 0 {
 		ttl = time.Duration(duration) * time.Second
@@ -565,30 +577,37 @@ func (s *Service) Invites(ctx context.Context, from Sender, conv string) (protoc
 		return protocol.InvitesResult{}, err
 	}
 	defer unlock()
+	live, err := s.liveInvites(ctx, from.App, conv)
+	return protocol.InvitesResult{Conv: conv, Invites: live}, err
+}
+
+// liveInvites returns the live invite tokens of conv and deletes the
+// expired and used-up ones. The caller holds the conversation's lock.
+func (s *Service) liveInvites(ctx context.Context, app, conv string) ([]protocol.Invite, error) {
 	p := "gi/" + conv + "/"
 	var tokens []string
-	if err := s.records.ScanRecords(ctx, from.App, p, "", 0, func(key string, _ []byte) error {
+	if err := s.records.ScanRecords(ctx, app, p, "", 0, func(key string, _ []byte) error {
 		tokens = append(tokens, strings.TrimPrefix(key, p))
 		return nil
 	}); err != nil {
-		return protocol.InvitesResult{}, s.internal("list invites", err)
+		return nil, s.internal("list invites", err)
 	}
-	res := protocol.InvitesResult{Conv: conv, Invites: []protocol.Invite{}}
+	live := []protocol.Invite{}
 	now := s.now().UnixMilli()
 	for _, t := range tokens {
-		rec, err := s.invite(ctx, from.App, t)
+		rec, err := s.invite(ctx, app, t)
 		if err == nil && now < rec.Expires && (rec.Uses == 0 || rec.Used < rec.Uses) {
-			res.Invites = append(res.Invites, rec.wire(t))
+			live = append(live, rec.wire(t))
 			continue
 		}
 		var pe *protocol.Error
 		if err != nil && !(errors.As(err, &pe) && pe.Code == protocol.CodeNotFound) {
-			return res, err
+			return nil, err
 		}
-		_ = s.records.PutRecord(ctx, from.App, "inv/"+t, nil)
-		_ = s.records.PutRecord(ctx, from.App, p+t, nil)
+		_ = s.records.PutRecord(ctx, app, "inv/"+t, nil)
+		_ = s.records.PutRecord(ctx, app, p+t, nil)
 	}
-	return res, nil
+	return live, nil
 }
 
 // RevokeInvite deletes an invite token of conv (admins).
@@ -746,6 +765,13 @@ func (s *Service) addJoined(ctx context.Context, cs *convState, app, conv string
 
 // requestJoin stores a join request and tells the admins who are online.
 func (s *Service) requestJoin(ctx context.Context, from Sender, conv, text string, now int64) (protocol.JoinResult, error) {
+	// Asking again changes nothing: the admins were told once (the caller
+	// holds the conversation's lock, so two requests cannot both be first).
+	if pending, err := s.hasRecord(ctx, from.App, "jr/"+conv+"/"+from.User); err != nil {
+		return protocol.JoinResult{}, s.internal("read join request", err)
+	} else if pending {
+		return protocol.JoinResult{State: "pending"}, nil
+	}
 	b, _ := json.Marshal(joinReq{Text: text, TS: now})
 	if err := s.records.PutRecord(ctx, from.App, "jr/"+conv+"/"+from.User, b); err != nil {
 		return protocol.JoinResult{}, s.internal("store join request", err)
