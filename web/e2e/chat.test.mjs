@@ -275,6 +275,34 @@ test('an expired access token is refreshed; a revoked session asks to sign in ag
   await signIn(bob, 'bob');
 });
 
+test('a second tab is a second device; a duplicated tab does not steal the first', async () => {
+  const ctx = alice.context();
+  await openConv(alice, 'bob');
+  await openConv(bob, 'alice');
+  const connects = await alice.locator('#chat-view').getAttribute('data-connects');
+  const first = await alice.evaluate(() => JSON.parse(sessionStorage.getItem('warbler.session')).device);
+
+  // A copy of the first tab's session (as "duplicate tab" makes) is refused.
+  const dup = await ctx.newPage();
+  await dup.addInitScript((s) => sessionStorage.setItem('warbler.session', s), await alice.evaluate(() => sessionStorage.getItem('warbler.session')));
+  await dup.goto(server.url + '/');
+  await dup.locator('#login-error', { hasText: 'open in another tab' }).waitFor();
+  await dup.close();
+
+  // Signing in again in a new tab makes a new device; both tabs stay connected.
+  const tab = await ctx.newPage();
+  await signIn(tab, 'alice');
+  const second = await tab.evaluate(() => JSON.parse(sessionStorage.getItem('warbler.session')).device);
+  assert.notEqual(second, first);
+  await openConv(tab, 'bob');
+  await sendText(tab, 'From my second tab');
+  await alice.locator('#messages .msg.mine .text', { hasText: 'From my second tab' }).waitFor();
+  await bob.locator('#messages .text', { hasText: 'From my second tab' }).waitFor();
+  assert.equal(await alice.locator('#chat-view').getAttribute('data-connects'), connects);
+  assert.equal(await tab.locator('#chat-view').getAttribute('data-connects'), '1');
+  await tab.close();
+});
+
 test('sign-in with a TOTP second factor', async () => {
   const s = await server.login('carol', 'carol-password-1');
   const en = await server.api('POST', '/v1/me/totp/enroll', {}, s.access_token);

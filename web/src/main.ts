@@ -98,9 +98,13 @@ function setupLogin(): void {
     btn.disabled = true;
     btn.textContent = 'Signing in…';
     try {
-      const device = localStorage.getItem(deviceKey(app, username)) ?? undefined;
+      // Reuse this browser's device (and its sync cursors) unless another
+      // tab is using it: then this tab signs in as a new device.
+      let device = localStorage.getItem(deviceKey(app, username)) ?? undefined;
+      if (device && !(await deviceFree(app, username, device))) device = undefined;
       const s = await login({ app, username, password, device, totp: totp || undefined });
-      localStorage.setItem(deviceKey(app, s.user), s.device);
+      if (!device || device === s.device) localStorage.setItem(deviceKey(app, s.user), s.device);
+      if (!(await claimDevice(s, 0))) throw new Error('This device is in use in another tab.');
       ($('login-password') as HTMLInputElement).value = '';
       ($('login-totp') as HTMLInputElement).value = '';
       $('login-totp-row').hidden = true;
@@ -119,6 +123,44 @@ function setupLogin(): void {
       btn.disabled = false;
       btn.textContent = 'Sign in';
     }
+  });
+}
+
+// ---- one tab per device ----------------------------------------------------
+//
+// Two tabs connecting as the same device would take each other's MQTT
+// session over, again and again. A tab therefore holds a Web Lock named
+// after its device for as long as it uses it.
+
+let releaseDevice: (() => void) | undefined;
+
+const lockName = (app: string, user: string, device: string) => `warbler:${app}:${user}:${device}`;
+
+async function deviceFree(app: string, user: string, device: string): Promise<boolean> {
+  if (!navigator.locks) return true;
+  const q = await navigator.locks.query();
+  return !(q.held ?? []).some((l) => l.name === lockName(app, user, device));
+}
+
+// claimDevice takes the device's lock, waiting at most wait ms (a reloading
+// tab's previous page may still hold it for a moment). false: another tab
+// uses the device.
+function claimDevice(s: Session, wait: number): Promise<boolean> {
+  releaseDevice?.();
+  releaseDevice = undefined;
+  if (!navigator.locks) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const opts: LockOptions = wait > 0 ? { signal: AbortSignal.timeout(wait) } : { ifAvailable: true };
+    navigator.locks
+      .request(lockName(s.app, s.user, s.device), opts, (lock) => {
+        if (!lock) {
+          resolve(false);
+          return undefined;
+        }
+        resolve(true);
+        return new Promise<void>((release) => (releaseDevice = release));
+      })
+      .catch(() => resolve(false));
   });
 }
 
@@ -142,6 +184,7 @@ function startChat(s: Session): void {
     saveSession(ns);
   });
   c.on('expired', (why) => {
+    releaseDevice?.();
     saveSession(undefined);
     client = undefined;
     showLogin(why);
@@ -163,8 +206,10 @@ function startChat(s: Session): void {
   c.start();
 }
 
+let connects = 0;
 function onState(s: string, detail?: string): void {
   const banner = $('banner');
+  if (s === 'online') $('chat-view').dataset.connects = String(++connects);
   const dot = $('conn-dot');
   dot.className = `dot ${s}`;
   $('conn-text').textContent = s === 'online' ? 'Connected' : s;
@@ -268,6 +313,7 @@ function onMessage(m: Msg, live: boolean): void {
   }
   const fresh = !c.msgs.has(m.seq);
   c.msgs.set(m.seq, m);
+  if (m.ref) applyEvent(c, m);
   if (m.cmid && isMine(m)) c.outbox = c.outbox.filter((o) => o.cmid !== m.cmid);
   if (m.seq > c.info.last_seq) c.info.last_seq = m.seq;
   if (isMine(m)) c.info.read = Math.max(c.info.read, m.seq);
@@ -280,6 +326,42 @@ function onMessage(m: Msg, live: boolean): void {
   }
   if (current === c.id) markRead(c);
   scheduleRender();
+}
+
+// applyEvent applies an edit, recall or reaction event to the message it
+// refers to, if that message is loaded. Events carry their whole effect (the
+// new body, the emoji's new total), so applying one twice changes nothing.
+function applyEvent(c: Conv, e: Msg): void {
+  const t = c.msgs.get(e.ref!.seq);
+  if (!t || t.id !== e.ref!.id || t.recalled) return;
+  switch (e.type) {
+    case 'edit':
+      if (e.recalled || (t.edits ?? []).some((s) => s > e.seq)) return; // t is newer already
+      t.body = e.body;
+      t.edited = true;
+      t.edits = [...new Set([...(t.edits ?? []), e.seq])];
+      break;
+    case 'recall':
+      t.recalled = true;
+      t.body = undefined;
+      t.reactions = undefined;
+      t.attachment = undefined;
+      break;
+    case 'reaction': {
+      const { emoji, action, count } = e.body ?? {};
+      if (typeof emoji !== 'string') return;
+      const rs = (t.reactions ??= []);
+      let r = rs.find((x) => x.emoji === emoji);
+      if (!r) rs.push((r = { emoji, count: 0, users: [] }));
+      r.count = typeof count === 'number' ? count : r.count;
+      const users = new Set(r.users ?? []);
+      if (action === 'remove') users.delete(e.from.user);
+      else users.add(e.from.user);
+      r.users = [...users];
+      t.reactions = rs.filter((x) => x.count > 0);
+      break;
+    }
+  }
 }
 
 function onReceipt(r: Receipt): void {
@@ -635,6 +717,7 @@ function setupComposer(): void {
     client = undefined;
     saveSession(undefined);
     session = undefined;
+    releaseDevice?.();
     if (s) await logout(s.access_token).catch(() => undefined);
     showLogin();
   });
@@ -712,11 +795,12 @@ function convTitle(c: Conv): string {
 
 function lastMsg(c: Conv): Msg | undefined {
   let best: Msg | undefined;
-  for (const m of c.msgs.values()) if (!best || m.seq > best.seq) best = m;
+  for (const m of c.msgs.values()) if (!m.ref && (!best || m.seq > best.seq)) best = m;
   return best;
 }
 
 function preview(m: Msg): string {
+  if (m.recalled) return 'Message deleted';
   switch (m.type) {
     case 'text':
       return String(m.body?.text ?? '');
@@ -823,6 +907,7 @@ function renderConv(): void {
   const nodes: HTMLElement[] = [];
   let lastDay = '';
   for (const m of msgs) {
+    if (m.ref) continue; // edits, recalls and reactions show on their message
     const day = new Date(m.ts).toDateString();
     if (day !== lastDay) {
       lastDay = day;
@@ -900,8 +985,16 @@ function renderMsg(c: Conv, m: Msg): HTMLElement {
   const li = el('li', { class: `msg ${mine ? 'mine' : 'theirs'}`, 'data-seq': String(m.seq), 'data-id': m.id });
   const bubble = el('div', { class: 'bubble' });
   if (!mine && c.info.kind !== 'direct') bubble.append(el('div', { class: 'author' }, m.from.user));
-  bubble.append(renderBody(m));
-  const meta = el('div', { class: 'meta' }, el('time', { datetime: new Date(m.ts).toISOString() }, fmtTime(m.ts)));
+  bubble.append(m.recalled ? el('span', { class: 'text recalled' }, 'This message was deleted') : renderBody(m));
+  if (m.reactions?.length) {
+    bubble.append(
+      el('div', { class: 'reactions' }, ...m.reactions.map((r) =>
+        el('span', { class: 'reaction', title: (r.users ?? []).join(', ') }, `${r.emoji} ${r.count}`))),
+    );
+  }
+  const meta = el('div', { class: 'meta' });
+  if (m.edited && !m.recalled) meta.append(el('span', { class: 'edited' }, 'edited'));
+  meta.append(el('time', { datetime: new Date(m.ts).toISOString() }, fmtTime(m.ts)));
   if (mine) {
     const st = status(c, m);
     meta.append(el('span', { class: `status ${st.cls}`, 'data-status': st.cls, 'aria-label': st.text, title: st.text }, st.cls === 'sent' ? '✓' : '✓✓'));
@@ -976,5 +1069,11 @@ setupLogin();
 setupComposer();
 window.addEventListener('hashchange', route);
 const saved = loadSession();
-if (saved) startChat(saved);
-else route();
+if (saved) {
+  void claimDevice(saved, 3000).then((ok) => {
+    if (ok) return startChat(saved);
+    // A duplicated tab: its copy of the session belongs to the first tab.
+    saveSession(undefined);
+    showLogin('Warbler is open in another tab with this sign-in. Sign in again to use it here as well.');
+  });
+} else route();

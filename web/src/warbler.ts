@@ -19,6 +19,12 @@ export interface Msg {
   type: string;
   body: any;
   attachment?: Attachment;
+  /** Set on events that act on an earlier message: edit, recall, reaction. */
+  ref?: { id: string; seq: number };
+  edited?: boolean;
+  edits?: number[];
+  recalled?: boolean;
+  reactions?: { emoji: string; count: number; users?: string[] }[];
 }
 
 /** The server's description of an uploaded file (docs/PROTOCOL.md, "Attachments"). */
