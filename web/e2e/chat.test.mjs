@@ -180,6 +180,30 @@ test('messages sent while a user is away arrive in order when they come back', a
   await screenshot(bob, 'back-online-in-order');
 });
 
+test('react, edit and delete', async () => {
+  // alice's page is on bob, and bob's on alice (from the previous test).
+  const msg = (page, text) => page.locator('#messages .msg', { has: page.locator('.text', { hasText: exact(text) }) });
+  await msg(bob, 'Away message one').hover();
+  await msg(bob, 'Away message one').locator('[data-act="react"]').click();
+  await msg(alice, 'Away message one').locator('.reaction', { hasText: '👍 1' }).waitFor();
+  await msg(bob, 'Away message one').locator('[data-act="react"][aria-pressed="true"]').waitFor();
+
+  await msg(alice, 'Away message two').hover();
+  await msg(alice, 'Away message two').locator('[data-act="edit"]').click();
+  await alice.locator('#edit-bar').waitFor();
+  await alice.fill('#composer-input', 'Away message two, edited');
+  await alice.press('#composer-input', 'Enter');
+  await msg(bob, 'Away message two, edited').locator('.edited').waitFor();
+
+  alice.once('dialog', (d) => d.accept());
+  await msg(alice, 'Away message three').hover();
+  await msg(alice, 'Away message three').locator('[data-act="delete"]').click();
+  await bob.locator('#messages .recalled').waitFor();
+  assert.equal(await msg(bob, 'Away message three').count(), 0);
+  await msg(bob, 'Away message one').hover();
+  await screenshot(bob, 'react-edit-delete');
+});
+
 test('an image upload shows a thumbnail on both sides', async () => {
   await openConv(alice, 'bob');
   await alice.setInputFiles('#attach', { name: 'sunset.png', mimeType: 'image/png', buffer: png(640, 400) });

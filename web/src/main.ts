@@ -678,8 +678,24 @@ function setupComposer(): void {
     input.value = '';
     autoGrow(input);
     typingSentAt = 0;
+    if (editing && editing.conv === c.id) {
+      const { id, seq } = editing;
+      endEdit();
+      void msgOp('edit', c, id, seq, { body: { text } });
+      return;
+    }
     send(c, 'text', { text });
   };
+  $('edit-cancel').addEventListener('click', () => {
+    endEdit();
+    input.value = '';
+  });
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Escape' && editing) {
+      endEdit();
+      input.value = '';
+    }
+  });
   $('composer').addEventListener('submit', (ev) => {
     ev.preventDefault();
     submit();
@@ -979,6 +995,57 @@ async function openImage(a: Attachment): Promise<void> {
   }
 }
 
+// ---- message actions: react, edit, delete ------------------------------------
+
+let editing: { conv: string; id: string; seq: number } | undefined;
+
+function startEdit(c: Conv, m: Msg): void {
+  editing = { conv: c.id, id: m.id, seq: m.seq };
+  const input = $('composer-input') as HTMLTextAreaElement;
+  input.value = String(m.body?.text ?? '');
+  $('edit-bar').hidden = false;
+  input.focus();
+  autoGrow(input);
+}
+
+function endEdit(): void {
+  editing = undefined;
+  $('edit-bar').hidden = true;
+}
+
+async function msgOp(op: string, c: Conv, id: string, seq: number, extra: Record<string, unknown> = {}): Promise<void> {
+  try {
+    await client!.op(op, { conv: c.id, id, seq, ...extra });
+  } catch (e) {
+    const what = op === 'recall' ? 'delete' : op === 'unreact' ? 'remove the reaction' : op;
+    toast(`Could not ${what}: ${e instanceof RequestError && e.code === 'too_late' ? 'it is too late for that' : errText(e)}`);
+  }
+}
+
+const QUICK_REACTION = '👍';
+
+function actions(c: Conv, m: Msg): HTMLElement {
+  const bar = el('div', { class: 'actions', role: 'group', 'aria-label': 'Message actions' });
+  const mineReacted = m.reactions?.some((r) => r.emoji === QUICK_REACTION && r.users?.includes(session!.user));
+  const react = el('button', { type: 'button', class: 'act', 'data-act': 'react', 'aria-pressed': String(!!mineReacted), title: 'Like' }, QUICK_REACTION);
+  react.setAttribute('aria-label', mineReacted ? 'Remove like' : 'Like');
+  react.addEventListener('click', () => void msgOp(mineReacted ? 'unreact' : 'react', c, m.id, m.seq, { emoji: QUICK_REACTION }));
+  bar.append(react);
+  if (isMine(m)) {
+    if (m.type === 'text') {
+      const edit = el('button', { type: 'button', class: 'act', 'data-act': 'edit' }, 'Edit');
+      edit.addEventListener('click', () => startEdit(c, m));
+      bar.append(edit);
+    }
+    const del = el('button', { type: 'button', class: 'act', 'data-act': 'delete' }, 'Delete');
+    del.addEventListener('click', () => {
+      if (confirm('Delete this message for everyone?')) void msgOp('recall', c, m.id, m.seq);
+    });
+    bar.append(del);
+  }
+  return bar;
+}
+
 function renderMsg(c: Conv, m: Msg): HTMLElement {
   if (m.type === 'system') return el('li', { class: 'system', 'data-seq': String(m.seq) }, systemText(m));
   const mine = isMine(m);
@@ -1001,6 +1068,7 @@ function renderMsg(c: Conv, m: Msg): HTMLElement {
   }
   bubble.append(meta);
   li.append(bubble);
+  if (!m.recalled && !m.ref) li.append(actions(c, m));
   return li;
 }
 
