@@ -44,7 +44,7 @@ func (s *Server) wireIdentity() error {
 		anon = &hooks.AnonymousOptions{Listeners: []string{"anonymous"}, App: a.App, Rules: rules}
 	}
 	s.auth, err = hooks.NewAuth(hooks.AuthOptions{
-		Identity: b.Service, Principals: s.principals, Anonymous: anon, RestoreSessions: true,
+		Identity: b.Service, Principals: s.principals, Anonymous: anon, RestoreSessions: true, Server: s.mqtt,
 		Logger: s.log.With("component", "auth"),
 	})
 	if err != nil {

@@ -97,6 +97,9 @@ type AuthOptions struct {
 	// KeyTimeout bounds the store lookup of an API key; 5s if 0.
 	KeyTimeout time.Duration
 	Logger     *slog.Logger
+	// Server, if set, has the subscriptions of revoked sessions removed
+	// (see revoke); without it they are kept and only denied deliveries.
+	Server *mqtt.Server
 }
 
 // Refusal reasons, the labels of the refusal counters.
@@ -146,6 +149,7 @@ type Auth struct {
 	keyTO     time.Duration
 	restore   bool
 	log       *slog.Logger
+	server    *mqtt.Server
 
 	refused [numRefusals]atomic.Uint64
 }
@@ -158,7 +162,7 @@ func NewAuth(o AuthOptions) (*Auth, error) {
 	if o.Identity == nil || o.Principals == nil {
 		return nil, errors.New("hooks: AuthOptions.Identity and Principals are required")
 	}
-	a := &Auth{id: o.Identity, reg: o.Principals, anon: map[string]bool{}, keyTO: o.KeyTimeout, restore: o.RestoreSessions, log: o.Logger}
+	a := &Auth{id: o.Identity, reg: o.Principals, anon: map[string]bool{}, keyTO: o.KeyTimeout, restore: o.RestoreSessions, log: o.Logger, server: o.Server}
 	if a.keyTO <= 0 {
 		a.keyTO = 5 * time.Second
 	}
@@ -372,14 +376,21 @@ func (a *Auth) OnClientExpired(cl *mqtt.Client) { a.reg.remove(cl) }
 
 // revoke handles a revocation from the identity service: the principals it
 // covers are marked revoked at once (the ACL denies them everything from
-// then on) and their connections are closed, MQTT 5 clients first getting
-// DISCONNECT 0x87. The closing happens in the background, so that a client
-// that does not read cannot stall the caller (an HTTP handler); a write
-// that has not finished within a second is cut short by closing the
-// connection.
+// then on), the subscriptions of their sessions, connected or kept for
+// later, are removed (from the broker and from the stored session), and
+// their connections are closed, MQTT 5 clients first getting DISCONNECT
+// 0x87. A session restored later starts with no subscriptions: whatever
+// was granted before the revocation is not granted again without a new
+// SUBSCRIBE, which the ACL checks. The closing happens in the background,
+// so that a client that does not read cannot stall the caller (an HTTP
+// handler); a write that has not finished within a second is cut short by
+// closing the connection.
 func (a *Auth) revoke(ev identity.RevokeEvent) {
 	for _, p := range a.reg.revoke(ev) {
 		cl := p.client
+		if a.server != nil && cl.State.Subscriptions.Len() > 0 {
+			a.server.UnsubscribeClient(cl)
+		}
 		if cl.Closed() {
 			continue
 		}

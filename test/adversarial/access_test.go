@@ -54,10 +54,10 @@ func TestCase12TenantIsolation(t *testing.T) {
 }
 
 // Case 13: revoking a user (disabling it) while its persistent session is
-// subscribed: the live client is disconnected with 0x87, and nothing
-// published while it is revoked reaches it, then or after it is restored
-// and reconnects. (The broker keeps the session's subscription; the ACL
-// denies every delivery to a revoked principal.)
+// subscribed: the live client is disconnected with 0x87, the session's
+// subscription is removed (from the broker and the stored session), and
+// nothing published while it is revoked reaches it, then or after it is
+// restored and reconnects to its kept session, which must subscribe again.
 func TestCase13RevokedDurableSession(t *testing.T) {
 	s := start(t, nil)
 	ctl := newControl(t, s)
@@ -94,6 +94,12 @@ func TestCase13RevokedDurableSession(t *testing.T) {
 	if rev.ServerDisconnect == nil || rev.ServerDisconnect.ReasonCode != 0x87 {
 		t.Fatalf("revoked client disconnected with %+v, want 0x87", rev.ServerDisconnect)
 	}
+	if cl, ok := s.MQTT().Clients.Get("demo:rev:d1"); !ok || cl.State.Subscriptions.Len() != 0 {
+		t.Fatalf("revoked session still has subscriptions (kept: %v)", ok)
+	}
+	if subs := s.MQTT().Topics.Subscribers(topic); len(subs.Subscriptions) != 0 {
+		t.Fatalf("topic still has subscribers after the revocation: %v", subs.Subscriptions)
+	}
 	if _, err := feeder.Publish(t, topic, 1, []byte("while revoked")); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +113,10 @@ func TestCase13RevokedDurableSession(t *testing.T) {
 	if !ack.SessionPresent {
 		t.Fatal("session not kept")
 	}
+	if subs := s.MQTT().Topics.Subscribers(topic); len(subs.Subscriptions) != 0 {
+		t.Fatalf("the restored session came back subscribed: %v", subs.Subscriptions)
+	}
+	rev.Subscribe(t, topic)
 	if _, err := feeder.Publish(t, topic, 1, []byte("after")); err != nil {
 		t.Fatal(err)
 	}
