@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,6 +185,9 @@ func (g *guardConn) next() error {
 	}
 	switch typ {
 	case packets.Publish, packets.Puback, packets.Pubrec, packets.Pubrel, packets.Pubcomp, packets.Pingreq:
+		if g.version == 5 && typ == packets.Publish {
+			return g.publish5(b, hdr[:n], remaining)
+		}
 		if g.version != 0 {
 			g.pending = append(g.buf[:0], hdr[:n]...)
 			g.through = remaining
@@ -204,6 +208,128 @@ func (g *guardConn) next() error {
 	}
 	g.pending = g.buf
 	return nil
+}
+
+// publish5 passes an MQTT 5 PUBLISH on after reading its variable header
+// (topic, packet ID, properties: usually a few dozen bytes) to refuse a
+// property given twice, which MQTT 5 (2.2.2.2) makes a protocol error and
+// the broker's decoder would accept, keeping the last value. Only User
+// Property may repeat. The payload passes through unread. A header that
+// does not add up is left for the broker's decoder to refuse.
+func (g *guardConn) publish5(first byte, hdr []byte, remaining int) error {
+	g.buf = append(g.buf[:0], hdr...)
+	left := remaining
+	read := func(k int) ([]byte, error) {
+		if k > left {
+			return nil, errShort
+		}
+		start := len(g.buf)
+		g.buf = slices.Grow(g.buf, k)[:start+k]
+		if _, err := io.ReadFull(g.r, g.buf[start:]); err != nil {
+			return nil, err
+		}
+		left -= k
+		return g.buf[start:], nil
+	}
+	err := func() error {
+		b, err := read(2)
+		if err != nil {
+			return err
+		}
+		skip := int(b[0])<<8 | int(b[1])
+		if (first>>1)&3 > 0 {
+			skip += 2 // packet ID
+		}
+		if _, err := read(skip); err != nil {
+			return err
+		}
+		plen, mult := 0, 1
+		for i := 0; ; i++ {
+			c, err := read(1)
+			if err != nil {
+				return err
+			}
+			plen += int(c[0]&127) * mult
+			if c[0]&128 == 0 {
+				break
+			}
+			if i == 3 {
+				return errShort
+			}
+			mult *= 128
+		}
+		props, err := read(plen)
+		if err != nil {
+			return err
+		}
+		if id, dup := repeatedProperty(props); dup {
+			return g.badCode(fmt.Sprintf("PUBLISH property 0x%02x given more than once", id), packets.ErrProtocolViolation.Code)
+		}
+		return nil
+	}()
+	switch {
+	case err == nil, errors.Is(err, errShort):
+	default:
+		return err
+	}
+	g.pending, g.through = g.buf, left
+	return nil
+}
+
+// errShort marks a PUBLISH header that does not fit its packet.
+var errShort = errors.New("short")
+
+// repeatedProperty scans MQTT 5 PUBLISH properties and reports the first
+// one (other than User Property) that appears twice. It stops quietly at
+// anything it cannot size (a property PUBLISH may not carry, a truncated
+// value), which the broker's decoder refuses.
+func repeatedProperty(p []byte) (byte, bool) {
+	var seen [256]bool
+	for len(p) > 0 {
+		id := p[0]
+		p = p[1:]
+		n := 0
+		switch id {
+		case 0x01: // payload format indicator
+			n = 1
+		case 0x02: // message expiry interval
+			n = 4
+		case 0x23: // topic alias
+			n = 2
+		case 0x03, 0x08, 0x09: // content type, response topic, correlation data
+			if len(p) < 2 {
+				return 0, false
+			}
+			n = 2 + (int(p[0])<<8 | int(p[1]))
+		case 0x26: // user property: two strings, may repeat
+			if len(p) < 2 {
+				return 0, false
+			}
+			k := 2 + (int(p[0])<<8 | int(p[1]))
+			if len(p) < k+2 {
+				return 0, false
+			}
+			n = k + 2 + (int(p[k])<<8 | int(p[k+1]))
+		case 0x0B: // subscription identifier (a varint)
+			for n < len(p) && p[n]&128 != 0 {
+				n++
+			}
+			n++
+		default:
+			return 0, false
+		}
+		if n > len(p) {
+			return 0, false
+		}
+		p = p[n:]
+		if id != 0x26 {
+			if seen[id] {
+				return id, true
+			}
+			seen[id] = true
+		}
+	}
+	return 0, false
 }
 
 // check trial-decodes one packet body with the broker's decoder and reports
@@ -262,17 +388,23 @@ func (g *guardConn) check(first byte, body []byte) (reason string) {
 }
 
 func (g *guardConn) bad(reason string) error {
+	return g.badCode(reason, packets.ErrMalformedPacket.Code)
+}
+
+// badCode refuses a packet; an MQTT 5 client that has connected is sent
+// DISCONNECT with code (0x81 malformed packet, 0x82 protocol error) first.
+func (g *guardConn) badCode(reason string, code byte) error {
 	if g.onBad != nil {
 		g.onBad(reason)
 	}
 	if g.version == 5 && g.connected {
-		// DISCONNECT, reason 0x81 "malformed packet", no properties. The
-		// broker has answered the CONNECT by now (it reads the next packet
-		// only after that), and writes go one at a time, so this cannot
-		// land inside another packet.
+		// DISCONNECT with the reason code, no properties. The broker has
+		// answered the CONNECT by now (it reads the next packet only after
+		// that), and writes go one at a time, so this cannot land inside
+		// another packet.
 		g.wmu.Lock()
 		_ = g.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = g.Conn.Write([]byte{packets.Disconnect << 4, 2, packets.ErrMalformedPacket.Code, 0})
+		_, _ = g.Conn.Write([]byte{packets.Disconnect << 4, 2, code, 0})
 		g.wmu.Unlock()
 	}
 	return &MalformedError{Reason: reason}

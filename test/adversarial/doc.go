@@ -22,12 +22,14 @@
 //	5     PUBLISH to wildcard, empty, $SYS, NUL, bad UTF-8        TestCase05BadPublishTopics
 //	6     $share/g, $share//t, wildcard share names              TestCase06BadSharedSubscriptions
 //	7     more than 32 levels, 64 KiB of slashes                 TestCase07DeepAndLongTopics
-//	8     10k user properties, duplicate and misplaced ones       TestCase08Properties
+//	8     10k user properties, duplicate (0x82) and misplaced    TestCase08Properties
+//	      ones
 //	9     MQTT 3.1.1 empty client ID without clean session       TestCase09EmptyClientID
 //	10    '/', '+', '#', '$', NUL, overlong IDs and usernames    TestCase10HostileIdentifiers
 //	11    another user's or app's client ID                      TestCase11ForeignClientID
 //	12    $SYS, other apps' topics, root wildcards, retained      TestCase12TenantIsolation
 //	13    user revoked while its durable session is subscribed   TestCase13RevokedDurableSession
+//	      (subscription removed; restored, it subscribes again)
 //	14    QoS 2 packet ID reuse, Receive Maximum exceeded        TestCase14InflightAbuse
 //	15    oversize payloads (packet cap, app cap, MQTT 3 and 5)  TestCase15OversizePayload
 //	16    connect storm, flapping, bans before auth, restarts    TestCase16ConnectStorm, TestCase16Flapping, TestCase16Bans

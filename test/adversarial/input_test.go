@@ -272,20 +272,30 @@ func TestCase08Properties(t *testing.T) {
 			t.Fatalf("delivered with %d user properties", len(m.Properties.User))
 		}
 	})
-	t.Run("duplicate payload format indicator", func(t *testing.T) {
-		// KNOWN GAP: MQTT 5 §2.2.2.2 makes a repeated property a protocol
-		// error, but the broker's PUBLISH decoder keeps the last value and
-		// the guard passes PUBLISH through undecoded, so the message is
-		// accepted. Harmless (one value wins), but recorded here so that a
-		// fix shows up as a change of behaviour.
-		c := rawSession(t, s, controlIP, 5, "props", "dup")
-		c.send(publishPacket(iot("props", "dup"), 1, 1, []byte{0x01, 0x00, 0x01, 0x01}, []byte("dup")))
-		ack := c.expect(4)
-		if len(ack) > 2 && ack[2] >= 0x80 {
-			t.Fatalf("duplicate property now refused (0x%x): update this case", ack[2])
+	t.Run("duplicate properties", func(t *testing.T) {
+		// MQTT 5 §2.2.2.2: a property other than User Property given twice
+		// is a protocol error. The guard reads each PUBLISH's properties
+		// (the broker's decoder would keep the last value).
+		for i, props := range [][]byte{
+			{0x01, 0x00, 0x01, 0x01},                              // payload format indicator
+			{0x02, 0, 0, 0, 9, 0x03, 0, 1, 'a', 0x02, 0, 0, 0, 9}, // message expiry around a content type
+			{0x09, 0, 1, 'c', 0x09, 0, 1, 'c'},                    // correlation data
+		} {
+			c := rawSession(t, s, controlIP, 5, "props", fmt.Sprint("dup", i))
+			c.send(publishPacket(iot("props", "dup"), 1, 1, props, []byte("dup")))
+			if code := c.closedAfter(5 * time.Second); code != int(packets.ErrProtocolViolation.Code) {
+				t.Fatalf("properties % x: DISCONNECT 0x%x, want 0x82", props, code)
+			}
 		}
-		if m := spy.Expect(t); string(m.Payload) != "dup" {
-			t.Fatalf("delivered %q", m.Payload)
+		// Repeated user properties are fine.
+		c := rawSession(t, s, controlIP, 5, "props", "dupuser")
+		up := []byte{0x26, 0, 1, 'k', 0, 1, 'v', 0x26, 0, 1, 'k', 0, 1, 'w', 0x01, 0x01}
+		c.send(publishPacket(iot("props", "dup"), 1, 1, up, []byte("ok")))
+		if ack := c.expect(4); len(ack) > 2 && ack[2] >= 0x80 {
+			t.Fatalf("repeated user properties refused: 0x%x", ack[2])
+		}
+		if m := spy.Expect(t); string(m.Payload) != "ok" || len(m.Properties.User) != 2 {
+			t.Fatalf("delivered %q with %d user properties", m.Payload, len(m.Properties.User))
 		}
 		ctl.check(t)
 	})
