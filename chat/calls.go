@@ -145,13 +145,14 @@ func (s *Service) Call(ctx context.Context, from Sender, conv, to string, sig pr
 	}
 	key := from.App + "/" + sig.ID
 	res := protocol.CallResult{Call: sig.ID, Conv: conv}
+	// Every action costs what a send costs: state changes are stored, and
+	// each relayed signal is a publish to the peer's device.
+	if err := s.allowWrite(from); err != nil {
+		return res, err
+	}
 	switch sig.Action {
 	case protocol.CallOffer, protocol.CallAnswer, protocol.CallICE:
 		return s.callSignal(from, conv, key, sig)
-	}
-
-	if err := s.allowWrite(from); err != nil {
-		return res, err
 	}
 	cs := s.lockConv(from.App, conv)
 	defer cs.mu.Unlock()
