@@ -17,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 )
 
@@ -87,10 +89,33 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 		if errors.Is(err, io.EOF) {
 			return Errorf(http.StatusBadRequest, "bad_json", "request body is empty")
 		}
+		if e := readError(err); e != nil {
+			return e
+		}
 		return Errorf(http.StatusBadRequest, "bad_json", "invalid JSON body: %v", err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return Errorf(http.StatusBadRequest, "bad_json", "unexpected data after the JSON body")
+	}
+	return nil
+}
+
+// readError classifies a failure to read a request body that is not about
+// its JSON: the read deadline (408) or the connection (400). Their text,
+// which names the server's addresses, is not passed on. It returns nil for
+// a JSON error.
+func readError(err error) *Error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	if errors.As(err, &syn) || errors.As(err, &typ) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return nil
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return Errorf(http.StatusRequestTimeout, "timeout", "the request body did not arrive in time")
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return Errorf(http.StatusBadRequest, "bad_request", "the request body could not be read")
 	}
 	return nil
 }

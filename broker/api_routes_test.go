@@ -28,7 +28,7 @@ import (
 // apiEnv is a running server with two apps (acme, rival), keys of every
 // scope and a few users, driven over real HTTP.
 type apiEnv struct {
-	t     *testing.T
+	t     testing.TB
 	s     *Server
 	base  string
 	hc    *http.Client
@@ -56,11 +56,16 @@ func (r apiResp) errMessage() string {
 	return m
 }
 
-func newAPIEnv(t *testing.T) *apiEnv {
+func newAPIEnv(t testing.TB) *apiEnv { return newAPIEnvWith(t, nil) }
+
+func newAPIEnvWith(t testing.TB, mod func(*Config)) *apiEnv {
 	t.Helper()
 	s := startServer(t, func(c *Config) {
 		c.Limits.HTTP.RatePerKey, c.Limits.HTTP.BurstPerKey = 1e6, 1e6
 		c.Webhooks.AllowPrivate = true // the webhook receiver is on loopback
+		if mod != nil {
+			mod(c)
+		}
 	})
 	key, err := os.ReadFile(filepath.Join(s.Config().Data, "admin.key"))
 	if err != nil {
@@ -678,4 +683,31 @@ func TestAPIUnknownRoutes(t *testing.T) {
 	if r := e.do("GET", "/healthz", "", nil); r.status != 200 {
 		t.Fatalf("healthz: %d", r.status)
 	}
+}
+
+// TestAPIReadTimeout has a client send half a body and stall: with
+// http.read_timeout at 300ms the server answers 408 with a JSON error
+// (not the text of the network error) instead of waiting for it.
+func TestAPIReadTimeout(t *testing.T) {
+	e := newAPIEnvWith(t, func(c *Config) { c.HTTP.ReadTimeout = Duration(300 * time.Millisecond) })
+	c, err := net.Dial("tcp", e.s.Addrs().HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(c, "POST /v1/apps/acme/users HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":", e.admin)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled body: %v", err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var r apiResp
+	_ = json.Unmarshal(raw, &r.body)
+	if resp.StatusCode != http.StatusRequestTimeout || r.errCode() != "timeout" || strings.Contains(string(raw), "127.0.0.1") {
+		t.Fatalf("stalled body: %d %s", resp.StatusCode, raw)
+	}
+	// The server still serves others.
+	e.must(e.do("GET", "/v1/apps/acme", e.admin, nil), 200)
 }
