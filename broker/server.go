@@ -47,6 +47,9 @@ type Options struct {
 	// Hooks are added to the broker after Warbler's own hooks. Tests use it
 	// to install an allow-all authenticator before identity is configured.
 	Hooks []mqtt.Hook
+	// Now is the wall clock of identity (token lifetimes, TOTP steps,
+	// lockouts); time.Now if nil. Tests use it to make the clock jump.
+	Now func() time.Time
 }
 
 // Addrs are the bound addresses of a running server; "" when a listener is
@@ -65,6 +68,7 @@ type Addrs struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
+	now     func() time.Time // identity's clock (Options.Now)
 	mqtt    *mqtt.Server
 	db      *badgerstore.DB
 	metrics *Metrics
@@ -118,7 +122,7 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, webClient: web.Handler(), mux: api.NewRouter(api.RouterOptions{
+	s := &Server{cfg: cfg, log: log, now: opts.Now, webClient: web.Handler(), mux: api.NewRouter(api.RouterOptions{
 		MaxBodyBytes: cfg.HTTP.MaxBody, ReadTimeout: cfg.HTTP.ReadTimeout.D(), WriteTimeout: cfg.HTTP.WriteTimeout.D(),
 	})}
 	s.pushSem = make(chan struct{}, pushWorkers)

@@ -24,7 +24,7 @@ import (
 func (s *Server) wireIdentity() error {
 	s.idStore = badgerstore.NewIdentityStore(s.db)
 	b, err := identity.Bootstrap(context.Background(), s.cfg.Data, identity.Options{
-		Store: s.idStore,
+		Store: s.idStore, Now: s.now,
 	})
 	if err != nil {
 		return err

@@ -40,7 +40,8 @@
 //	23    a subscriber that never reads (chat; plain MQTT at     TestCase23SubscriberNeverReads,
 //	      QoS 1: held up for mqtt.write_timeout at most, once)   TestCase23PlainSubscriberNeverReads
 //	25    restart with many persistent sessions                  TestCase25RestartWithManySessions
-//	26    wall-clock jumps (bans, flapping windows)              TestCase26ClockJump
+//	26    wall-clock jumps (bans, flapping windows; TOTP codes   TestCase26ClockJump, TestCase26TOTPClockJump
+//	      follow the server's clock, no replay across a jump)
 //
 // Limits without a case number of their own have tests named after them:
 // TestPublishRateLimits, TestPublishSlowedToRate, TestAppQuotas,

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/pquerna/otp/totp"
 
+	"github.com/warblerim/warbler/broker"
+	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/storage"
 )
@@ -175,4 +178,80 @@ func TestCase26ClockJump(t *testing.T) {
 		t.Fatalf("bans in force: %+v", got)
 	}
 	ctl.check(t)
+}
+
+// Case 26, second factor: TOTP codes are checked against the server's
+// clock (injected here), so a code is valid when that clock says so. A
+// jump forward makes the codes of the new time valid and the old ones not;
+// after a jump back, no code at or before the last one accepted is taken
+// again, even though the clock calls it current: a replay stays
+// impossible, and the account opens again with the first code past it.
+func TestCase26TOTPClockJump(t *testing.T) {
+	clock := &fakeClock{t: time.Now()}
+	cfg := config(t.TempDir())
+	s, err := broker.New(cfg, broker.Options{Logger: testLogger(t), Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(t, s) })
+	ctx := context.Background()
+	const pass = "correct horse battery"
+	if _, err := s.Identity().CreateUser(ctx, "demo", identity.UserSpec{ID: "tick", Password: pass}); err != nil {
+		t.Fatal(err)
+	}
+	login := func(code string) (int, string) {
+		var out struct {
+			Access string                `json:"access_token"`
+			Error  struct{ Code string } `json:"error"`
+		}
+		r := api(t, s, "POST", "/v1/apps/demo/login", "", map[string]any{"username": "tick", "password": pass, "device": "d1", "totp": code}, &out)
+		if r.StatusCode == 200 {
+			return 200, out.Access
+		}
+		return r.StatusCode, out.Error.Code
+	}
+	code, access := login("")
+	if code != 200 {
+		t.Fatalf("login: %d %s", code, access)
+	}
+	var en struct{ Secret string }
+	if r := api(t, s, "POST", "/v1/me/totp/enroll", access, nil, &en); r.StatusCode != 200 || en.Secret == "" {
+		t.Fatalf("enroll: %d", r.StatusCode)
+	}
+	at := func(d time.Duration) string {
+		c, err := totp.GenerateCode(en.Secret, clock.Now().Add(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	if r := api(t, s, "POST", "/v1/me/totp/confirm", access, map[string]any{"code": at(0)}, nil); r.StatusCode != 200 {
+		t.Fatalf("confirm: %d", r.StatusCode)
+	}
+	before := at(30 * time.Second) // valid now (one step of skew), not used
+
+	clock.jump(time.Hour)
+	if code, why := login(before); code != 401 || why != "invalid_mfa" {
+		t.Fatalf("a code of an hour ago after a jump forward: %d %s", code, why)
+	}
+	ahead := at(0)
+	if code, why := login(ahead); code != 200 {
+		t.Fatalf("a code of the new time: %d %s", code, why)
+	}
+
+	clock.jump(-time.Hour)
+	if code, why := login(ahead); code != 401 || why != "invalid_mfa" {
+		t.Fatalf("replaying the accepted code after a jump back: %d %s", code, why)
+	}
+	if code, why := login(at(-30 * time.Second)); code != 401 || why != "invalid_mfa" {
+		t.Fatalf("a code the clock calls current but before the last accepted one: %d %s", code, why)
+	}
+
+	clock.jump(time.Hour + 90*time.Second) // past the last accepted step
+	if code, why := login(at(0)); code != 200 {
+		t.Fatalf("the first code past the last accepted one: %d %s", code, why)
+	}
 }
