@@ -248,7 +248,8 @@ func (s *Service) Leave(ctx context.Context, from Sender, conv string) (protocol
 }
 
 // SetRole changes a member's role (owner only). Making someone owner hands
-// ownership over: the previous owner becomes an admin.
+// ownership over: the previous owner becomes an admin. A service may do
+// the same, but may not demote the owner without naming a new one.
 func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role string) (protocol.InfoResult, error) {
 	cs, c, _, unlock, err := s.lockedMember(ctx, from, conv, storage.RoleOwner)
 	if err != nil {
@@ -261,16 +262,39 @@ func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role str
 	if user == from.User {
 		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeBadRequest, "the owner changes their role by making someone else owner")
 	}
-	if _, err := s.store.GetMember(ctx, from.App, conv, user); errors.Is(err, storage.ErrNotFound) {
+	t, err := s.store.GetMember(ctx, from.App, conv, user)
+	if errors.Is(err, storage.ErrNotFound) {
 		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeNotFound, "%s is not a member of %s", user, conv)
 	} else if err != nil {
 		return protocol.InfoResult{}, s.internal("read membership", err)
 	}
+	if t.Role == storage.RoleOwner && role != protocol.RoleOwner {
+		// Only a service gets here (the owner cannot name themselves).
+		return protocol.InfoResult{}, protocol.Errorf(protocol.CodeBadRequest, "the owner's role changes by making someone else owner")
+	}
+	// The previous owner becomes an admin: the caller, or, when a service
+	// hands ownership over, whoever owns the conversation now.
+	var previous []string
+	if role == protocol.RoleOwner && t.Role != storage.RoleOwner {
+		if !from.Service {
+			previous = []string{from.User}
+		} else {
+			ms, err := s.store.ListMembers(ctx, from.App, conv, "", 0)
+			if err != nil {
+				return protocol.InfoResult{}, s.internal("list members", err)
+			}
+			for _, m := range ms {
+				if m.Role == storage.RoleOwner {
+					previous = append(previous, m.User)
+				}
+			}
+		}
+	}
 	if err := s.store.SetRole(ctx, from.App, conv, user, storage.Role(role)); err != nil {
 		return protocol.InfoResult{}, s.internal("set role", err)
 	}
-	if role == protocol.RoleOwner && !from.Service {
-		if err := s.store.SetRole(ctx, from.App, conv, from.User, storage.RoleAdmin); err != nil {
+	for _, p := range previous {
+		if err := s.store.SetRole(ctx, from.App, conv, p, storage.RoleAdmin); err != nil {
 			return protocol.InfoResult{}, s.internal("set role", err)
 		}
 	}
