@@ -15,6 +15,9 @@ package chat
 //	hangup   either, active    -> ended     stored (reason hangup, duration)
 //	timeout  the server        -> ended     stored (reason timeout) when
 //	                                        nobody accepts in time
+//	hangup   the server        -> ended     stored (reason dropped) when a
+//	                                        device in the call stays
+//	                                        disconnected (CallDropGrace)
 //	offer, answer, ice         -> (active)  relayed, not stored
 //
 // State changes are "call" messages in the log (body protocol.CallEvent),
@@ -305,22 +308,89 @@ func (s *Service) callSignal(from Sender, conv, key string, sig protocol.CallSig
 
 // callTimeout ends a call nobody accepted.
 func (s *Service) callTimeout(app, key string, c *call) {
+	s.endCall(app, key, c, protocol.CallRinging, protocol.CallTimeout, "timeout", c.caller)
+}
+
+// DefaultCallDropGrace is how long a device in a call may stay
+// disconnected before the server ends its calls.
+const DefaultCallDropGrace = 30 * time.Second
+
+// callDeviceGone is told that device has no connection left. Its calls
+// (as the ringing caller, or either device of an active call) end as
+// "dropped" unless it is back within the grace period: the media may well
+// go on peer to peer through a short signalling outage, but a device that
+// crashed must not hold its calls (and its users' call slots) forever.
+func (s *Service) callDeviceGone(app, user, device string) {
+	type gone struct {
+		key string
+		c   *call
+	}
+	var calls []gone
+	s.calls.mu.Lock()
+	for key, c := range s.calls.m {
+		if c.app == app && (c.caller == user && c.callerDev == device || c.callee == user && c.calleeDev == device) {
+			calls = append(calls, gone{key, c})
+		}
+	}
+	s.calls.mu.Unlock()
+	if len(calls) == 0 {
+		return
+	}
+	grace := s.o.CallDropGrace
+	if grace <= 0 {
+		grace = DefaultCallDropGrace
+	}
+	time.AfterFunc(grace, func() {
+		if s.deviceConnected(app, user, device) {
+			return
+		}
+		for _, g := range calls {
+			s.endCall(app, g.key, g.c, "", protocol.CallHangup, "dropped", user)
+		}
+	})
+}
+
+// deviceConnected reports whether device has an open connection (as the
+// transport reported it through Connected and Disconnected).
+func (s *Service) deviceConnected(app, user, device string) bool {
+	h := &s.presence
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, d := range h.conns[appUser{app, user}] {
+		if d == device {
+			return true
+		}
+	}
+	return false
+}
+
+// endCall ends a call on the server's initiative, if it is still in
+// progress (and, when state is set, in that state): a stored event with
+// action and reason, by actor.
+func (s *Service) endCall(app, key string, c *call, state, action, reason, actor string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	cs := s.lockConv(app, c.conv)
 	defer cs.mu.Unlock()
 	s.calls.mu.Lock()
-	ringing := s.calls.m[key] == c && c.state == protocol.CallRinging
+	live := s.calls.m[key] == c && (state == "" || c.state == state)
+	active, answered := c.state == protocol.CallActive, c.answered
 	s.calls.mu.Unlock()
-	if !ringing {
+	if !live {
 		return
 	}
-	ev := protocol.CallEvent{Call: c.id, Action: protocol.CallTimeout, State: protocol.CallEnded, Media: c.media, Reason: "timeout"}
-	if _, err := s.callEvent(ctx, cs, app, c.conv, protocol.Sender{User: c.caller}, ev, false); err != nil {
-		s.log.Error("chat: could not record a call timeout", "app", app, "call", c.id, "err", err)
+	ev := protocol.CallEvent{Call: c.id, Action: action, State: protocol.CallEnded, Media: c.media, Reason: reason}
+	if active {
+		ev.Duration = s.now().Sub(answered).Milliseconds()
+	}
+	if _, err := s.callEvent(ctx, cs, app, c.conv, protocol.Sender{User: actor}, ev, false); err != nil {
+		s.log.Error("chat: could not record the end of a call", "app", app, "call", c.id, "reason", reason, "err", err)
 	}
 	s.calls.mu.Lock()
 	c.state = protocol.CallEnded
+	if c.timer != nil {
+		c.timer.Stop()
+	}
 	s.calls.mu.Unlock()
 	s.calls.drop(key, c)
 }

@@ -135,6 +135,9 @@ func (s *Service) Disconnected(app, user, device string, conn any) {
 		h.unwatchLocked(devKey{app, user, device})
 	}
 	h.mu.Unlock()
+	if !devLeft {
+		s.callDeviceGone(app, user, device) // calls.go
+	}
 	now := s.now().UnixMilli()
 	if s.records != nil {
 		s.touchLastSeen(app, user, now)

@@ -135,6 +135,9 @@ type Options struct {
 	// CallRingTimeout is how long a call rings before it ends as missed
 	// (default 45 s).
 	CallRingTimeout time.Duration
+	// CallDropGrace is how long a device in a call may stay disconnected
+	// before the server ends its calls as "dropped" (default 30 s).
+	CallDropGrace time.Duration
 	// OnChanged, if set, is called after an edit or a recall is durable,
 	// with the message's new stored state (a recalled message has no
 	// body), so that what was derived from the message (a search index)

@@ -185,3 +185,27 @@ func TestCallRingTimeout(t *testing.T) {
 	}
 	bob.refused(callReq("alice", "c1", "accept", nil), "not_found", packets.ErrImplementationSpecificError.Code)
 }
+
+// A device in an active call that stays disconnected ends the call as
+// "dropped" (after chat.Options.CallDropGrace), so a crashed device does
+// not hold the call, and its users' call slots, forever.
+func TestCallDroppedDevice(t *testing.T) {
+	b := startBroker(t, func(_ *mqtt.Options, co *chat.Options) { co.CallDropGrace = 200 * time.Millisecond })
+	alice := connect(t, "mqtt://"+b.tcp, "alice", "phone")
+	bob := connect(t, "mqtt://"+b.tcp, "bob", "laptop")
+	result(t, alice.request(callReq("bob", "c1", "ring", nil)))
+	result(t, bob.request(callReq("alice", "c1", "accept", nil)))
+	alice.expect(callEvent("c1", "accept"))
+	bob.close()
+	end := alice.expect(callEvent("c1", "hangup"))
+	body := end.data["body"].(map[string]any)
+	if body["reason"] != "dropped" || body["state"] != "ended" || end.data["from"].(map[string]any)["user"] != "bob" {
+		t.Fatalf("drop event %s", end.raw)
+	}
+	if _, ok := body["duration_ms"]; !ok {
+		t.Fatalf("an active call that drops has a duration: %s", end.raw)
+	}
+	if n := b.svc.Calls(); n != 0 {
+		t.Fatalf("%d calls in progress", n)
+	}
+}
