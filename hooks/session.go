@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -21,13 +22,19 @@ type KV interface {
 
 // Sessions persists the MQTT state that an operator expects to survive a
 // restart: retained messages, and the persistent sessions (MQTT 5 with a
-// session expiry, MQTT 3 with clean session off) with their subscriptions.
-// Clean sessions are never written, so ordinary connections cost no I/O.
+// session expiry, MQTT 3 with clean session off) with their subscriptions
+// and their QoS 1/2 deliveries not yet acknowledged (inflight). Clean
+// sessions are never written, so ordinary connections cost no I/O.
 //
-// Queued QoS 1/2 deliveries of plain MQTT sessions are not persisted (the
-// broker would write one record per subscriber per message); chat messages
-// do not depend on them, as they are kept in the durable message log and
-// synced from there.
+// Inflight. Each QoS 1/2 message the broker sends (or queues) to a
+// persistent session is written when it is sent and deleted when the
+// client acknowledges it (or the broker drops it), so a persistent session
+// restored after a restart gets its unacknowledged messages again, flagged
+// DUP, when it reconnects. That is one write and one delete per QoS 1/2
+// delivery to a persistent session, nothing for clean sessions or QoS 0
+// (chat deliveries are QoS 0: chat messages are in the durable message log
+// and synced from there). The writes are as durable as the store's other
+// session writes: they survive a crash of the process.
 type Sessions struct {
 	mqtt.HookBase
 	kv    KV
@@ -46,7 +53,8 @@ func (h *Sessions) Provides(b byte) bool {
 	switch b {
 	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnWillSent,
 		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnRetainMessage, mqtt.OnRetainedExpired,
-		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredRetainedMessages:
+		mqtt.OnQosPublish, mqtt.OnQosComplete, mqtt.OnQosDropped,
+		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredRetainedMessages, mqtt.StoredInflightMessages:
 		return true
 	}
 	return false
@@ -56,7 +64,12 @@ const (
 	keyClient   = "c/"
 	keySub      = "s/"
 	keyRetained = "r/"
+	keyInflight = "i/"
 )
+
+func inflightKey(cl *mqtt.Client, id uint16) string {
+	return keyInflight + enc(cl.ID) + "/" + strconv.Itoa(int(id))
+}
 
 // enc makes a client ID safe as a key segment (client IDs may hold '/').
 func enc(id string) string { return base64.RawURLEncoding.EncodeToString([]byte(id)) }
@@ -108,6 +121,7 @@ func (h *Sessions) dropClient(id string) {
 	}
 	h.warn("delete client", h.kv.Delete(keyClient+enc(id)))
 	h.warn("delete subscriptions", h.kv.DeletePrefix(keySub+enc(id)+"/"))
+	h.warn("delete inflight", h.kv.DeletePrefix(keyInflight+enc(id)+"/"))
 }
 
 // OnSessionEstablished records a persistent session; a clean session that
@@ -205,6 +219,54 @@ func (h *Sessions) OnRetainMessage(cl *mqtt.Client, pk packets.Packet, r int64) 
 // OnRetainedExpired removes an expired retained message.
 func (h *Sessions) OnRetainedExpired(topic string) {
 	h.warn("expire retained", h.kv.Delete(keyRetained+topic))
+}
+
+// OnQosPublish records a QoS 1/2 message sent (or queued) to a persistent
+// session until it is acknowledged.
+func (h *Sessions) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, _ int) {
+	if !persistent(cl) {
+		return
+	}
+	props := pk.Properties.Copy(false)
+	rec := storage.Message{
+		ID: inflightKey(cl, pk.PacketID), T: storage.InflightKey, Client: cl.ID, Origin: pk.Origin,
+		PacketID: pk.PacketID, FixedHeader: pk.FixedHeader, TopicName: pk.TopicName, Payload: pk.Payload,
+		Sent: sent, Created: pk.Created,
+		Properties: storage.MessageProperties{
+			PayloadFormat: props.PayloadFormat, MessageExpiryInterval: props.MessageExpiryInterval,
+			ContentType: props.ContentType, ResponseTopic: props.ResponseTopic,
+			CorrelationData: props.CorrelationData, SubscriptionIdentifier: props.SubscriptionIdentifier,
+			User: props.User,
+		},
+	}
+	b, err := rec.MarshalBinary()
+	if err == nil {
+		err = h.kv.Put(rec.ID, b)
+	}
+	h.warn("inflight", err)
+}
+
+// OnQosComplete forgets an acknowledged message.
+func (h *Sessions) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if persistent(cl) {
+		h.warn("inflight done", h.kv.Delete(inflightKey(cl, pk.PacketID)))
+	}
+}
+
+// OnQosDropped forgets a message the broker gave up on.
+func (h *Sessions) OnQosDropped(cl *mqtt.Client, pk packets.Packet) { h.OnQosComplete(cl, pk) }
+
+// StoredInflightMessages implements mqtt.Hook.
+func (h *Sessions) StoredInflightMessages() (v []storage.Message, err error) {
+	err = h.kv.Scan(keyInflight, func(_ string, b []byte) error {
+		var m storage.Message
+		if err := m.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		v = append(v, m)
+		return nil
+	})
+	return v, err
 }
 
 // StoredClients implements mqtt.Hook.

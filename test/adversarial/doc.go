@@ -39,7 +39,8 @@
 //	      kill -9 with webhook events queued and in flight       TestCase19WebhooksSurviveKill
 //	23    a subscriber that never reads (chat; plain MQTT at     TestCase23SubscriberNeverReads,
 //	      QoS 1: held up for mqtt.write_timeout at most, once)   TestCase23PlainSubscriberNeverReads
-//	25    restart with many persistent sessions                  TestCase25RestartWithManySessions
+//	25    restart with many persistent sessions; unacknowledged  TestCase25RestartWithManySessions,
+//	      QoS 1 deliveries resent with DUP                       TestCase25InflightResentWithDUP
 //	26    wall-clock jumps (bans, flapping windows; TOTP codes   TestCase26ClockJump, TestCase26TOTPClockJump
 //	      follow the server's clock, no replay across a jump)
 //
