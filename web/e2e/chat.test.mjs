@@ -133,10 +133,13 @@ test('two users sign in and chat with receipts and unread counts', async () => {
   await alice.locator('#conv-sub', { hasText: 'online' }).waitFor(); // bob's presence
   await screenshot(alice, 'typing');
   await bob.fill('#composer-input', '');
+  const firstNode = await bob.$('#messages .msg');
   await sendText(bob, 'Sure, 12:30 at the usual place.');
   await waitFor('the typing notice to end', async () => (await alice.locator('#typing').textContent()) === '');
   await alice.locator('#messages .text', { hasText: '12:30' }).waitFor();
   await waitStatus(bob, 'Sure, 12:30 at the usual place.', 'read');
+  // The log is patched, not redrawn: screen readers hear only new messages.
+  assert.ok(await firstNode.evaluate((n) => n.isConnected), 'the first message was redrawn');
   await screenshot(alice, 'direct-chat-read');
   await screenshot(bob, 'direct-chat-bob');
 });

@@ -862,31 +862,71 @@ function renderList(): void {
     return tb - ta || a.id.localeCompare(b.id);
   });
   $('conv-empty').hidden = items.length > 0;
-  list.replaceChildren(
-    ...items.map((c) => {
+  patch(
+    list,
+    items.map((c) => {
       const m = lastMsg(c);
       const unread = current === c.id ? 0 : c.info.unread;
       const title = convTitle(c);
-      const btn = el('button', { type: 'button', class: 'conv-item', 'data-conv': c.id });
-      if (current === c.id) btn.setAttribute('aria-current', 'true');
-      btn.setAttribute('aria-label', `${title}${unread ? `, ${unread} unread` : ''}`);
-      btn.append(
-        el('span', { class: `avatar ${c.info.kind}`, 'aria-hidden': 'true' }, initials(title)),
-        el('span', { class: 'conv-text' },
-          el('span', { class: 'conv-name' }, title),
-          typingNow(c).length
-            ? el('span', { class: 'conv-preview typing-now' }, 'typing…')
-            : el('span', { class: 'conv-preview' }, m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : ''),
-        ),
-        el('span', { class: 'conv-meta' },
-          el('span', { class: 'time' }, m ? fmtTime(m.ts) : ''),
-          unread ? el('span', { class: 'badge', 'data-unread': String(unread) }, String(unread)) : '',
-        ),
-      );
-      btn.addEventListener('click', () => void openConv(c.id));
-      return el('li', {}, btn);
+      const typing = typingNow(c).length > 0;
+      const text = m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : '';
+      const time = m ? fmtTime(m.ts) : '';
+      return {
+        key: c.id,
+        sig: JSON.stringify([title, text, unread, current === c.id, time, typing, c.info.kind]),
+        make: () => {
+          const btn = el('button', { type: 'button', class: 'conv-item', 'data-conv': c.id });
+          if (current === c.id) btn.setAttribute('aria-current', 'true');
+          btn.setAttribute('aria-label', `${title}${unread ? `, ${unread} unread` : ''}`);
+          btn.append(
+            el('span', { class: `avatar ${c.info.kind}`, 'aria-hidden': 'true' }, initials(title)),
+            el('span', { class: 'conv-text' },
+              el('span', { class: 'conv-name' }, title),
+              typing ? el('span', { class: 'conv-preview typing-now' }, 'typing…') : el('span', { class: 'conv-preview' }, text),
+            ),
+            el('span', { class: 'conv-meta' },
+              el('span', { class: 'time' }, time),
+              unread ? el('span', { class: 'badge', 'data-unread': String(unread) }, String(unread)) : '',
+            ),
+          );
+          btn.addEventListener('click', () => void openConv(c.id));
+          return el('li', {}, btn);
+        },
+      };
     }),
   );
+}
+
+interface Keyed {
+  key: string;
+  sig: string;
+  make(): HTMLElement;
+}
+
+// patch makes parent's children the given items, in order, keeping every
+// child whose key and signature are unchanged. So a screen reader announces
+// only what is new in the message log, keyboard focus stays where it was,
+// and loaded images are not loaded again.
+function patch(parent: HTMLElement, items: Keyed[]): void {
+  const old = new Map<string, HTMLElement>();
+  for (const ch of Array.from(parent.children) as HTMLElement[]) if (ch.dataset.key) old.set(ch.dataset.key, ch);
+  const want = items.map((it) => {
+    const n = old.get(it.key);
+    if (n && n.dataset.sig === it.sig) {
+      old.delete(it.key);
+      return n;
+    }
+    const f = it.make();
+    f.dataset.key = it.key;
+    f.dataset.sig = it.sig;
+    return f;
+  });
+  for (const n of old.values()) n.remove();
+  for (const ch of Array.from(parent.children) as HTMLElement[]) if (!ch.dataset.key) ch.remove();
+  want.forEach((n, i) => {
+    const at = parent.children[i];
+    if (at !== n) parent.insertBefore(n, at ?? null);
+  });
 }
 
 function typingNow(c: Conv): string[] {
@@ -920,19 +960,27 @@ function renderConv(): void {
       : `${c.info.kind === 'channel' ? 'Channel' : 'Group'} · ${c.info.members} members`;
   $('load-older').hidden = !c.more;
   const msgs = [...c.msgs.values()].sort((a, b) => a.seq - b.seq);
-  const nodes: HTMLElement[] = [];
+  const items: Keyed[] = [];
   let lastDay = '';
   for (const m of msgs) {
     if (m.ref) continue; // edits, recalls and reactions show on their message
     const day = new Date(m.ts).toDateString();
     if (day !== lastDay) {
       lastDay = day;
-      nodes.push(el('li', { class: 'day', role: 'separator' }, new Date(m.ts).toLocaleDateString(undefined, { weekday: 'short', month: 'short', day: 'numeric' })));
+      const label = new Date(m.ts).toLocaleDateString(undefined, { weekday: 'short', month: 'short', day: 'numeric' });
+      items.push({ key: `day:${day}`, sig: '', make: () => el('li', { class: 'day', role: 'separator' }, label) });
     }
-    nodes.push(renderMsg(c, m));
+    const st = isMine(m) ? status(c, m).cls : '';
+    items.push({
+      key: `m:${m.seq}`,
+      sig: JSON.stringify([m.id, m.body, m.edited, m.recalled, m.reactions, m.attachment?.id, st, c.info.kind]),
+      make: () => renderMsg(c, m),
+    });
   }
-  for (const o of c.outbox) nodes.push(renderOut(c, o));
-  list.replaceChildren(...nodes);
+  for (const o of c.outbox) {
+    items.push({ key: `o:${o.cmid}`, sig: JSON.stringify([o.state, o.error, o.attachment?.id]), make: () => renderOut(c, o) });
+  }
+  patch(list, items);
   const typers = typingNow(c);
   $('typing').textContent = typers.length ? `${typers.join(', ')} ${typers.length > 1 ? 'are' : 'is'} typing…` : '';
   if (opened) {
