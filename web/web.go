@@ -15,10 +15,17 @@
 package web
 
 import (
+	"bytes"
+	"compress/gzip"
 	"embed"
 	"io/fs"
+	"mime"
 	"net/http"
+	"path"
+	"strconv"
 	"strings"
+	"sync"
+	"time"
 )
 
 //go:embed dist
@@ -44,7 +51,9 @@ const ContentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 
 
 // Handler serves index.html for "/" (and any path that is not an asset)
 // and the hashed files under /assets/, which never change and are cached
-// for a year. Mount it for "GET /{$}" and "GET /assets/".
+// for a year. Scripts and styles are compressed once per process, at their
+// first request, and sent gzipped to clients that accept it. Mount it for
+// "GET /{$}" and "GET /assets/".
 func Handler() http.Handler {
 	root := Dist()
 	index, err := fs.ReadFile(root, "index.html")
@@ -58,6 +67,13 @@ func Handler() http.Handler {
 		h.Set("Referrer-Policy", "no-referrer")
 		if strings.HasPrefix(r.URL.Path, "/assets/") {
 			h.Set("Cache-Control", "public, max-age=31536000, immutable")
+			h.Set("Vary", "Accept-Encoding")
+			if b, ok := gzipped()[strings.TrimPrefix(r.URL.Path, "/")]; ok && acceptsGzip(r) {
+				h.Set("Content-Type", mime.TypeByExtension(path.Ext(r.URL.Path)))
+				h.Set("Content-Encoding", "gzip")
+				http.ServeContent(w, r, "", time0, bytes.NewReader(b))
+				return
+			}
 			assets.ServeHTTP(w, r)
 			return
 		}
@@ -70,4 +86,48 @@ func Handler() http.Handler {
 		}
 		_, _ = w.Write(index)
 	})
+}
+
+var time0 = time.Time{}
+
+// gzipped holds the compressed scripts and styles, made on first use.
+var gzipped = sync.OnceValue(func() map[string][]byte { return gzipAssets(Dist()) })
+
+// gzipAssets compresses the scripts and styles under assets/.
+func gzipAssets(root fs.FS) map[string][]byte {
+	out := map[string][]byte{}
+	_ = fs.WalkDir(root, "assets", func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !(strings.HasSuffix(p, ".js") || strings.HasSuffix(p, ".css")) {
+			return nil
+		}
+		b, err := fs.ReadFile(root, p)
+		if err != nil {
+			return nil
+		}
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		_, _ = zw.Write(b)
+		_ = zw.Close()
+		out[p] = buf.Bytes()
+		return nil
+	})
+	return out
+}
+
+// acceptsGzip reports whether the request's Accept-Encoding allows gzip
+// (listed, or "*", with a q-value other than 0).
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		name, params, _ := strings.Cut(part, ";")
+		if name = strings.TrimSpace(name); name != "gzip" && name != "*" {
+			continue
+		}
+		if k, v, ok := strings.Cut(strings.TrimSpace(params), "="); ok && strings.TrimSpace(k) == "q" {
+			if q, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && q == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return false
 }

@@ -1,9 +1,12 @@
 package web
 
 import (
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -96,6 +99,51 @@ func TestHandler(t *testing.T) {
 	readAll(t, res)
 	if res.StatusCode != 404 {
 		t.Fatalf("missing asset: %d, want 404", res.StatusCode)
+	}
+}
+
+// TestGzip checks that scripts go out gzipped to clients that accept it,
+// and plain to the others, with the same content.
+func TestGzip(t *testing.T) {
+	srv := httptest.NewServer(Handler())
+	defer srv.Close()
+	res, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := regexp.MustCompile(`src="(/assets/[^"]+\.js)"`).FindStringSubmatch(readAll(t, res))[1]
+	get := func(enc string) (*http.Response, []byte) {
+		req, _ := http.NewRequest("GET", srv.URL+js, nil)
+		req.Header.Set("Accept-Encoding", enc) // set by hand: the transport does not decompress
+		res, err := http.DefaultTransport.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, []byte(readAll(t, res))
+	}
+	plainRes, plain := get("identity")
+	if plainRes.Header.Get("Content-Encoding") != "" || len(plain) == 0 {
+		t.Fatalf("identity: Content-Encoding %q, %d bytes", plainRes.Header.Get("Content-Encoding"), len(plain))
+	}
+	for _, enc := range []string{"gzip", "br, gzip;q=0.8", "*"} {
+		res, body := get(enc)
+		if res.Header.Get("Content-Encoding") != "gzip" || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/javascript") {
+			t.Fatalf("%q: Content-Encoding %q, Content-Type %q", enc, res.Header.Get("Content-Encoding"), res.Header.Get("Content-Type"))
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		unz, err := io.ReadAll(zr)
+		if err != nil || !bytes.Equal(unz, plain) {
+			t.Fatalf("%q: gunzipped content differs (%v)", enc, err)
+		}
+		if len(body) > len(plain)/2 {
+			t.Errorf("%q: %d bytes gzipped of %d", enc, len(body), len(plain))
+		}
+	}
+	if res, _ := get("gzip;q=0"); res.Header.Get("Content-Encoding") != "" {
+		t.Fatalf("gzip;q=0 got gzip")
 	}
 }
 
