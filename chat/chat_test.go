@@ -574,6 +574,15 @@ func TestQuota(t *testing.T) {
 	if errs[2] != protocol.CodeQuota || e.svc.Stats().QuotaDenied != 1 {
 		t.Fatalf("%v", errs)
 	}
+	// A retry of a stored message is answered from the dedupe record, not
+	// refused by the (exhausted) quota.
+	ack, err := e.svc.Send(ctx, dev("a", "d"), SendRequest{Conv: "g", CMID: "1", Type: "text", Body: text("x")})
+	if err != nil || !ack.Duplicate || ack.Seq == 0 {
+		t.Fatalf("retry over quota: %+v %v", ack, err)
+	}
+	if e.svc.Stats().QuotaDenied != 1 {
+		t.Fatal("the retry was charged to the quota")
+	}
 }
 
 func TestIDsSortInCreationOrder(t *testing.T) {

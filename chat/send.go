@@ -115,12 +115,6 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 		done(protocol.Ack{}, protocol.Errorf(protocol.CodeTooLarge, "body of %d bytes exceeds %d", len(in.Body), lim.MaxBody))
 		return
 	}
-	if !from.Service && s.quota != nil && !s.quota.allow(from.App+"/"+from.User, s.now()) {
-		s.denied.Add(1)
-		done(protocol.Ack{}, protocol.Errorf(protocol.CodeQuota, "send quota of %g messages/s (burst %d) exceeded; retry later", s.o.SendRate, s.o.SendBurst))
-		return
-	}
-
 	// Dedupe. Claim the cmid first, then look for a stored record: an
 	// original that is still queued holds the claim (it is released only
 	// after the original is durable, when its record is readable), so a
@@ -158,6 +152,14 @@ func (s *Service) sendAsync(ctx context.Context, from Sender, in SendRequest, do
 		return
 	case !errors.Is(err, storage.ErrNotFound):
 		finish(protocol.Ack{}, s.internal("dedupe lookup", err))
+		return
+	}
+	// The quota is charged for new messages only: a retry of one already
+	// stored (answered above) costs nothing, so a client over its quota
+	// still learns that its earlier send went through.
+	if !from.Service && s.quota != nil && !s.quota.allow(from.App+"/"+from.User, s.now()) {
+		s.denied.Add(1)
+		finish(protocol.Ack{}, protocol.Errorf(protocol.CodeQuota, "send quota of %g messages/s (burst %d) exceeded; retry later", s.o.SendRate, s.o.SendBurst))
 		return
 	}
 
