@@ -578,3 +578,26 @@ func TestWebhookPushFailed(t *testing.T) {
 		t.Fatalf("push.failed carries the device token: %s", ev.body)
 	}
 }
+
+func TestWebhooksConfigValidation(t *testing.T) {
+	for _, mod := range []func(*WebhooksConfig){
+		func(c *WebhooksConfig) { c.AllowCIDRs = []string{"10.0.0.0"} },
+		func(c *WebhooksConfig) { c.Workers = 0 },
+		func(c *WebhooksConfig) { c.PerEndpoint = 0 },
+		func(c *WebhooksConfig) { c.RetryMax = c.RetryBase / 2 },
+		func(c *WebhooksConfig) { c.DisableAfter = -1 },
+	} {
+		cfg := Default()
+		mod(&cfg.Webhooks)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "webhooks") {
+			t.Errorf("%+v: %v, want a webhooks error", cfg.Webhooks, err)
+		}
+	}
+	cfg := Default()
+	if err := cfg.LoadBytes([]byte("webhooks:\n  allow_cidrs: [\"10.20.0.0/16\"]\n  retry_base: 1s\n  disable_after: 0s\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil || cfg.Webhooks.RetryBase.D() != time.Second || cfg.Webhooks.Workers != 16 {
+		t.Fatalf("%+v %v", cfg.Webhooks, err)
+	}
+}
