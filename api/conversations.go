@@ -384,12 +384,15 @@ type sendBody struct {
 	ReplyTo    *protocol.Ref `json:"reply_to"`
 	Mentions   []string      `json:"mentions"`
 	MentionAll bool          `json:"mention_all"`
+	// Attachment is the ID of an upload the message refers to
+	// (docs/PROTOCOL.md, "Attachments").
+	Attachment string `json:"attachment"`
 }
 
 // request is the chat send of b to conv (or to the user peer).
 func (b *sendBody) request(conv, peer string) chat.SendRequest {
 	return chat.SendRequest{Conv: conv, To: peer, CMID: b.CMID, Type: b.Type, Body: b.Body,
-		ReplyTo: b.ReplyTo, Mentions: b.Mentions, MentionAll: b.MentionAll}
+		ReplyTo: b.ReplyTo, Mentions: b.Mentions, MentionAll: b.MentionAll, Attachment: b.Attachment}
 }
 
 func (b *sendBody) fill() error {

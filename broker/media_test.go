@@ -225,6 +225,21 @@ func TestImageMessageOverHTTPAndMQTT(t *testing.T) {
 		t.Fatalf("dave sends a file he cannot read: %s", c)
 	}
 
+	// A backend sending as alice over HTTP may attach her file; sending
+	// as itself it needs none (its body may point elsewhere).
+	sb, _ := json.Marshal(map[string]any{"from": "alice", "type": "image", "attachment": id, "body": map[string]any{"text": "via the API"}})
+	hr := doHTTP(t, s, "POST", "/v1/apps/demo/conversations/pics/messages", adminKey(t, s), nil, bytes.NewReader(sb))
+	if hr.status != http.StatusCreated {
+		t.Fatalf("HTTP send with an attachment: %d %s", hr.status, hr.body)
+	}
+	if hm := bob.expectMsg(t, "pics", uint64(hr.json(t)["seq"].(float64))); hm.Attachment == nil || hm.Attachment.ID != id {
+		t.Fatalf("HTTP-sent image %+v", hm)
+	}
+	sb, _ = json.Marshal(map[string]any{"type": "image", "body": map[string]any{"url": "https://cdn.example.com/x.png"}})
+	if hr := doHTTP(t, s, "POST", "/v1/apps/demo/conversations/pics/messages", adminKey(t, s), nil, bytes.NewReader(sb)); hr.status != http.StatusCreated {
+		t.Fatalf("service image without an attachment: %d %s", hr.status, hr.body)
+	}
+
 	// Attachment types need an attachment; an image needs an image.
 	if c := alice.requestErr(t, map[string]any{"conv": "pics", "cmid": "x2", "type": "file", "body": map[string]any{}}); c != protocol.CodeBadRequest {
 		t.Fatalf("file without attachment: %s", c)

@@ -23,11 +23,13 @@ type Attachments interface {
 }
 
 // attach resolves the attachment of a message to conv; nil if it has none.
-// Messages of the attachment types (image, file, audio, video) need one
-// when the server stores files, and an image's file must be an image.
+// A user's messages of the attachment types (image, file, audio, video)
+// need one when the server stores files, and an image's file must be an
+// image. Backend services, which cannot upload, may send those types
+// without one (their body may point at a file elsewhere).
 func (s *Service) attach(ctx context.Context, from Sender, conv, typ, id string) (*protocol.Attachment, error) {
 	if id == "" {
-		if s.o.Attachments != nil && protocol.IsAttachmentType(typ) {
+		if s.o.Attachments != nil && protocol.IsAttachmentType(typ) && !from.Service {
 			return nil, protocol.Errorf(protocol.CodeBadRequest, "attachment: required for messages of type %s (upload the file first)", typ)
 		}
 		return nil, nil
