@@ -71,6 +71,8 @@ type gzipWriter struct {
 	buf     []byte
 	decided bool
 	gz      *gzip.Writer // nil when passing through
+	// abandoned is set when the handler panicked.
+	abandoned bool
 }
 
 func newGzipWriter(w http.ResponseWriter, min int) *gzipWriter {
@@ -170,9 +172,28 @@ func (g *gzipWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return nil, nil, http.ErrNotSupported
 }
 
+// abandon drops what is held back and turns Close into a no-op: the
+// handler panicked and the Router answers instead.
+func (g *gzipWriter) abandon() {
+	g.buf = nil
+	if !g.decided {
+		g.decided = true
+		g.status = 0
+	}
+	g.abandoned = true
+}
+
 // Close ends the response: a body that stayed below the minimum goes out
 // as is; a compressed one gets its gzip trailer.
 func (g *gzipWriter) Close() {
+	if g.abandoned {
+		if g.gz != nil {
+			g.gz.Reset(nil)
+			gzipPool.Put(g.gz)
+			g.gz = nil
+		}
+		return
+	}
 	if !g.decided {
 		if g.status == 0 && len(g.buf) == 0 {
 			return // the handler wrote nothing: let the server answer 200

@@ -1,7 +1,10 @@
 package api
 
 import (
+	"fmt"
+	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -36,6 +39,8 @@ type RouterOptions struct {
 	// GzipMinBytes is the smallest response body worth compressing
 	// (DefaultGzipMinBytes if 0).
 	GzipMinBytes int
+	// Logger receives handler panics; nil discards them.
+	Logger *slog.Logger
 }
 
 // Router is the HTTP front of a Warbler server: an http.ServeMux that
@@ -47,7 +52,9 @@ type RouterOptions struct {
 //   - a body under /v1 larger than MaxBodyBytes answers 413;
 //   - /v1 requests get read and write deadlines;
 //   - /v1 responses are gzip-compressed when the client accepts it and the
-//     body is large enough and not compressed already.
+//     body is large enough and not compressed already;
+//   - a handler that panics under /v1 answers 500 "internal" (or, if it had
+//     begun its answer, has its connection cut), and the panic is logged.
 //
 // Register routes with Handle before the server starts.
 type Router struct {
@@ -71,6 +78,9 @@ func NewRouter(o RouterOptions) *Router {
 	}
 	if o.GzipMinBytes <= 0 {
 		o.GzipMinBytes = DefaultGzipMinBytes
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Router{mux: http.NewServeMux(), o: o}
 }
@@ -155,13 +165,64 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, rt.o.MaxBodyBytes)
 	}
 	w.Header().Add("Vary", "Accept-Encoding")
+	tw := &trackWriter{ResponseWriter: w}
+	w = tw
+	var gw *gzipWriter
 	if r.Method != http.MethodHead && acceptsGzip(r.Header.Get("Accept-Encoding")) {
-		gw := newGzipWriter(w, rt.o.GzipMinBytes)
+		gw = newGzipWriter(w, rt.o.GzipMinBytes)
 		defer gw.Close()
 		w = gw
 	}
+	// Runs before gw.Close, so that a panic's half-made answer is dropped.
+	defer func() {
+		p := recover()
+		if p == nil {
+			return
+		}
+		if p == http.ErrAbortHandler {
+			panic(p)
+		}
+		rt.o.Logger.Error("api: handler panic", "method", r.Method, "path", r.URL.Path, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		if gw != nil {
+			gw.abandon()
+		}
+		if tw.wrote {
+			panic(http.ErrAbortHandler) // the answer has begun: cut the connection
+		}
+		tw.Header().Del("Content-Encoding")
+		WriteError(tw, Errorf(http.StatusInternalServerError, "internal", "internal error"))
+	}()
 	rt.mux.ServeHTTP(w, r)
 }
+
+// trackWriter records whether the answer has begun.
+type trackWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (t *trackWriter) WriteHeader(code int) {
+	if code >= 200 {
+		t.wrote = true
+	}
+	t.ResponseWriter.WriteHeader(code)
+}
+
+func (t *trackWriter) Write(b []byte) (int, error) {
+	t.wrote = true
+	return t.ResponseWriter.Write(b)
+}
+
+// Flush implements http.Flusher.
+func (t *trackWriter) Flush() {
+	if f, ok := t.ResponseWriter.(http.Flusher); ok {
+		t.wrote = true
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (t *trackWriter) Unwrap() http.ResponseWriter { return t.ResponseWriter }
 
 // noRoute answers a request that matches no pattern: the mux's own answer
 // (404, or 405 with an Allow header) rewritten as a JSON error.

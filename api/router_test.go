@@ -189,3 +189,45 @@ func TestAcceptsGzip(t *testing.T) {
 		}
 	}
 }
+
+func TestRouterRecoversPanics(t *testing.T) {
+	rt := NewRouter(RouterOptions{})
+	rt.Handle("GET /v1/panic", HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "text/plain")
+		panic("handler bug")
+	}))
+	rt.Handle("GET /v1/panic-held", HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = w.Write([]byte("partial")) // held back by gzip (below the minimum)
+		panic("handler bug")
+	}))
+	rt.Handle("GET /v1/panic-late", HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = w.Write(bytes.Repeat([]byte("x"), 64<<10))
+		panic("late bug")
+	}))
+	srv := httptest.NewServer(rt)
+	t.Cleanup(srv.Close)
+	for _, ae := range []string{"", "gzip"} {
+		resp, b := rawDo(t, "GET", srv.URL+"/v1/panic", ae, nil)
+		if resp.StatusCode != 500 || resp.Header.Get("Content-Encoding") != "" || errCode(t, b) != "internal" {
+			t.Fatalf("panic (Accept-Encoding %q): %d %q", ae, resp.StatusCode, b)
+		}
+	}
+	if resp, b := rawDo(t, "GET", srv.URL+"/v1/panic-held", "gzip", nil); resp.StatusCode != 500 || errCode(t, b) != "internal" {
+		t.Fatalf("panic with a held-back answer: %d %q", resp.StatusCode, b)
+	}
+	// Once the answer has begun, the connection is cut: the client sees a
+	// truncated body, never a 200 that looks complete.
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/panic-late", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatalf("a late panic ended in a complete answer")
+	}
+	// The server still serves.
+	if resp, b := rawDo(t, "GET", srv.URL+"/v1/panic", "", nil); resp.StatusCode != 500 || errCode(t, b) != "internal" {
+		t.Fatalf("after a panic: %d", resp.StatusCode)
+	}
+}

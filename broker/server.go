@@ -124,6 +124,7 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 	}
 	s := &Server{cfg: cfg, log: log, now: opts.Now, webClient: web.Handler(), mux: api.NewRouter(api.RouterOptions{
 		MaxBodyBytes: cfg.HTTP.MaxBody, ReadTimeout: cfg.HTTP.ReadTimeout.D(), WriteTimeout: cfg.HTTP.WriteTimeout.D(),
+		Logger: log.With("component", "api"),
 	})}
 	s.pushSem = make(chan struct{}, pushWorkers)
 	defer func() {

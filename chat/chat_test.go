@@ -636,3 +636,22 @@ func TestRename(t *testing.T) {
 		t.Fatalf("unknown conversation: %v", err)
 	}
 }
+
+// TestServiceHandsOwnershipOver checks that a service making a member
+// owner leaves one owner: the old one becomes an admin.
+func TestServiceHandsOwnershipOver(t *testing.T) {
+	e := newEnv(t, nil)
+	mustCreate(t, e.svc, dev("olga", "d"), "club", "group", "mia", "max")
+	svc := Sender{App: "app", User: "_svc", Service: true}
+	res, err := e.svc.SetRole(ctx, svc, "club", "mia", "owner")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := map[string]string{}
+	for _, m := range res.Members {
+		roles[m.User] = m.Role
+	}
+	if roles["mia"] != "owner" || roles["olga"] != "admin" || roles["max"] != "member" {
+		t.Fatalf("roles after hand-over: %v", roles)
+	}
+}
