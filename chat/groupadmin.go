@@ -81,6 +81,9 @@ type inviteRec struct {
 	Expires int64  `json:"expires"`
 	Uses    int    `json:"uses,omitempty"`
 	Used    int    `json:"used,omitempty"`
+	// Svc marks a token a service made; any other is valid only while
+	// its maker (By) is an admin or the owner of Conv.
+	Svc bool `json:"svc,omitempty"`
 }
 
 // joinReq is the stored record jr/{conv}/{user}.
@@ -523,7 +526,7 @@ func (r inviteRec) wire(token string) protocol.Invite {
 
 // CreateInvite makes an invite token for conv (admins) that lets anyone
 // who has it join for duration seconds (0: 7 days), at most uses times (0:
-// unlimited).
+// unlimited), as long as its maker stays an admin.
 func (s *Service) CreateInvite(ctx context.Context, from Sender, conv string, duration int64, uses int) (protocol.Invite, error) {
 	_, _, _, unlock, err := s.lockedAdmin(ctx, from, conv, false)
 	if err != nil {
@@ -543,7 +546,7 @@ func (s *Service) CreateInvite(ctx context.Context, from Sender, conv string, du
 	}
 	now := s.now()
 	token := newToken()
-	rec := inviteRec{Conv: conv, By: from.User, Created: now.UnixMilli(), Expires: now.Add(ttl).UnixMilli(), Uses: uses}
+	rec := inviteRec{Conv: conv, By: from.User, Created: now.UnixMilli(), Expires: now.Add(ttl).UnixMilli(), Uses: uses, Svc: from.Service}
 	b, _ := json.Marshal(rec)
 	if err := s.records.PutRecord(ctx, from.App, "inv/"+token, b); err != nil {
 		return protocol.Invite{}, s.internal("store invite", err)
@@ -565,6 +568,17 @@ func (s *Service) invite(ctx context.Context, app, token string) (inviteRec, err
 	}
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return rec, protocol.Errorf(protocol.CodeNotFound, "no such invite")
+	}
+	if !rec.Svc {
+		// A token is only as good as its maker's standing: one made by
+		// an admin who was demoted or removed since is void.
+		m, err := s.store.GetMember(ctx, app, rec.Conv, rec.By)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return rec, s.internal("read membership", err)
+		}
+		if err != nil || rank(m.Role) < rank(storage.RoleAdmin) {
+			return rec, protocol.Errorf(protocol.CodeNotFound, "no such invite: the admin who made it is no longer one")
+		}
 	}
 	return rec, nil
 }

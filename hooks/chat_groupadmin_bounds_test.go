@@ -62,3 +62,37 @@ func TestGroupJoinRequestNotifiedOnce(t *testing.T) {
 		t.Fatalf("requests %v", reqs)
 	}
 }
+
+// An invite token is only as good as its maker's standing: once they are
+// no longer an admin (demoted, removed or gone), their tokens stop working,
+// so an admin who is removed cannot come back, or send others in, with a
+// token they made.
+func TestGroupInviteOfRemovedAdmin(t *testing.T) {
+	b, _ := startAdminBroker(t, 0)
+	ann := connect(t, "mqtt://"+b.tcp, "ann", "phone")
+	ben := connect(t, "mqtt://"+b.tcp, "ben", "phone")
+	cal := connect(t, "mqtt://"+b.tcp, "cal", "phone")
+	dan := connect(t, "mqtt://"+b.tcp, "dan", "phone")
+	result(t, ann.request(map[string]any{"op": "create", "kind": "group", "conv": "g", "members": []string{"ben", "cal"}}))
+	result(t, ann.request(map[string]any{"op": "role", "conv": "g", "user": "ben", "role": "admin"}))
+	result(t, ann.request(map[string]any{"op": "role", "conv": "g", "user": "cal", "role": "admin"}))
+	bens := result(t, ben.request(map[string]any{"op": "invite", "conv": "g"}))["token"]
+	cals := result(t, cal.request(map[string]any{"op": "invite", "conv": "g"}))["token"]
+	anns := result(t, ann.request(map[string]any{"op": "invite", "conv": "g"}))["token"]
+
+	result(t, ann.request(map[string]any{"op": "remove", "conv": "g", "members": []string{"ben"}}))
+	if c := errCode(t, ben.request(map[string]any{"op": "join", "token": bens})); c != "not_found" {
+		t.Fatalf("removed admin rejoins with their token: %s", c)
+	}
+	result(t, ann.request(map[string]any{"op": "role", "conv": "g", "user": "cal", "role": "member"}))
+	if c := errCode(t, dan.request(map[string]any{"op": "join", "token": cals})); c != "not_found" {
+		t.Fatalf("token of a demoted admin: %s", c)
+	}
+	list := result(t, ann.request(map[string]any{"op": "invites", "conv": "g"}))["invites"].([]any)
+	if len(list) != 1 || list[0].(map[string]any)["token"] != anns {
+		t.Fatalf("live invites: %v", list)
+	}
+	if j := result(t, dan.request(map[string]any{"op": "join", "token": anns})); j["state"] != "joined" {
+		t.Fatalf("join with the owner's token: %v", j)
+	}
+}
