@@ -29,7 +29,14 @@ type trigger struct {
 	priority   int
 	ttl        time.Duration
 	data       map[string]string
+	immediate  bool
 }
+
+// Immediate sends the notification without waiting out the coalescing
+// window, and never merges it with another notification of the
+// conversation (nor another into it): an incoming call, which a text sent
+// right after it must not replace.
+func Immediate() Option { return func(t *trigger) { t.immediate = true } }
 
 // Mentions names the users the message mentions: they are notified even
 // if they muted the conversation.
@@ -303,6 +310,10 @@ func (b *Bridge) MessageStored(ctx context.Context, app string, msg protocol.Mes
 			}
 			r.Coalesce = r.Kind + "/" + user + "/" + d.ID + "/" + msg.Conv
 			r.Due = now.Add(time.Duration(s.CoalesceMillis) * time.Millisecond)
+			if t.immediate {
+				r.Coalesce += "/" + msg.ID
+				r.Due = now
+			}
 			if online {
 				r.Due, r.CheckDelivered = now.Add(time.Duration(s.GraceMillis)*time.Millisecond), true
 			}

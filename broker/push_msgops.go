@@ -12,8 +12,9 @@ import (
 // pushOptions shapes the notification of a stored message from what the
 // message says: mentioned users are notified even if they muted the
 // conversation (all members for @all), and a ringing call is sent at once,
-// at high priority, with the call's ID and media in the data, and expires
-// when the call would stop ringing.
+// at high priority, never merged with (or replaced by) a message
+// notification, with the call's ID and media in the data, and expires when
+// the call would stop ringing.
 func pushOptions(msg protocol.Message) []bridge.Option {
 	var opts []bridge.Option
 	if msg.MentionAll {
@@ -25,7 +26,7 @@ func pushOptions(msg protocol.Message) []bridge.Option {
 	if msg.Type == protocol.TypeCall {
 		var ev protocol.CallEvent
 		if json.Unmarshal(msg.Body, &ev) == nil && ev.Action == protocol.CallRing {
-			opts = append(opts, bridge.Priority(10), bridge.TTL(chat.DefaultCallRingTimeout),
+			opts = append(opts, bridge.Priority(10), bridge.Immediate(), bridge.TTL(chat.DefaultCallRingTimeout),
 				bridge.Data(map[string]string{"call": ev.Call, "action": ev.Action, "media": ev.Media}))
 		}
 	}

@@ -91,11 +91,20 @@ func TestPushMentionsAndCalls(t *testing.T) {
 		t.Fatalf("@all push %v", r.body)
 	}
 
-	// A ring reaches the offline callee at once, with the call's ID.
+	// A ring reaches the offline callee at once, with the call's ID, even
+	// with a long coalescing window and a text sent right after it (which
+	// would otherwise replace it).
+	if code, body := adminCall(t, s, "PUT", "/v1/apps/demo/push/settings", map[string]any{"coalesce_ms": 3000}); code != http.StatusOK {
+		t.Fatalf("push settings: %d %s", code, body)
+	}
 	ring := alice.request(t, map[string]any{"op": "call", "to": "bob", "call": map[string]any{"id": "c1", "action": "ring", "media": "video"}})
+	text := alice.request(t, map[string]any{"to": "bob", "cmid": "pickup", "type": "text", "body": map[string]string{"text": "pick up!"}})
 	r = nextPush(t, got)
 	if r.body["call"] != "c1" || r.body["action"] != "ring" || r.body["media"] != "video" || r.body["conv"] != protocol.DirectConvID("alice", "bob") || fmt.Sprint(r.body["seq"]) != fmt.Sprint(ring["seq"]) {
 		t.Fatalf("ring push %v", r.body)
+	}
+	if r := nextPush(t, got); fmt.Sprint(r.body["seq"]) != fmt.Sprint(text["seq"]) || r.body["call"] != nil {
+		t.Fatalf("text push %v", r.body)
 	}
 }
 
