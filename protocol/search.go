@@ -47,4 +47,7 @@ type SearchResult struct {
 	Query string      `json:"q"`
 	Terms []string    `json:"terms"`
 	Hits  []SearchHit `json:"hits"`
+	// More is set when the answer was cut short to stay within the reply
+	// size limit: ask again with a narrower query or a smaller limit.
+	More bool `json:"more,omitempty"`
 }

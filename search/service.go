@@ -46,7 +46,11 @@ type Options struct {
 	// HalfLife is the age at which a message's recency bonus has halved
 	// (30 days).
 	HalfLife time.Duration
-	Now      func() time.Time
+	// MaxReplyBytes bounds the messages of one answer (256 KiB, like a
+	// history page), so that it fits an MQTT packet; an answer always
+	// holds at least one hit.
+	MaxReplyBytes int
+	Now           func() time.Time
 }
 
 // Service indexes the chat log and answers searches. It is safe for
@@ -87,6 +91,9 @@ func New(o Options) (*Service, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.MaxReplyBytes <= 0 {
+		o.MaxReplyBytes = 256 << 10
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -371,7 +378,7 @@ type candidate struct {
 
 // Search finds the messages user can read that contain every term of the
 // query q (see ParseQuery), best first, at most limit (default 20, at
-// most 100). conv, if set, narrows it to one conversation. Membership and
+// most 100) and at most MaxReplyBytes of messages (More tells). conv, if set, narrows it to one conversation. Membership and
 // history visibility are checked now, at query time, so a user who left
 // a conversation no longer finds its messages.
 //
@@ -471,6 +478,7 @@ func (s *Service) Search(ctx context.Context, app, user, raw, conv string, limit
 		return res, nil
 	}
 	s.rank(cands, df, total)
+	size := 0
 	for _, cd := range cands {
 		if len(res.Hits) >= limit {
 			break
@@ -485,6 +493,10 @@ func (s *Service) Search(ctx context.Context, app, user, raw, conv string, limit
 		var m protocol.Message
 		if json.Unmarshal(es[0].Data, &m) != nil || m.Recalled {
 			continue
+		}
+		if size += len(es[0].Data); size > s.o.MaxReplyBytes && len(res.Hits) > 0 {
+			res.More = true
+			break
 		}
 		res.Hits = append(res.Hits, protocol.SearchHit{Conv: cd.conv, Seq: cd.seq, Score: math.Round(cd.score*1000) / 1000, Message: es[0].Data})
 	}

@@ -3,6 +3,7 @@ package search_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -160,5 +161,31 @@ func TestCatchUpRankAndEvents(t *testing.T) {
 	waitFor(t, "live message", func() bool { r, _ := s.Search(ctx, "demo", "alice", "shanghai", "", 0); return len(r.Hits) == 2 })
 	if r, _ := s.Search(ctx, "demo", "alice", "shanghai from:bob", "", 0); len(r.Hits) != 0 {
 		t.Fatalf("from:bob: %v", seqs(r))
+	}
+}
+
+// TestReplySizeBound: an answer stays within MaxReplyBytes, with at least
+// one hit, and says it was cut.
+func TestReplySizeBound(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	long := strings.Repeat("padding ", 1000) + "needle"
+	for i := 0; i < 5; i++ {
+		f.append("team", "text", map[string]string{"text": long}, nil, time.Duration(i)*time.Minute)
+	}
+	s, err := search.New(search.Options{Index: f.idx, Log: f.store, Convs: f.store, Access: access{"alice": {"team": 0}}, MaxReplyBytes: 20000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := s.Start()
+	defer stop()
+	waitFor(t, "catch-up", func() bool { c, _ := f.idx.Cursor(ctx, "demo", "team"); return c == 5 })
+	r, err := s.Search(ctx, "demo", "alice", "needle", "", 0)
+	if err != nil || len(r.Hits) != 2 || !r.More {
+		t.Fatalf("%d hits, more %v, %v", len(r.Hits), r.More, err)
+	}
+	s1, _ := search.New(search.Options{Index: f.idx, Log: f.store, Convs: f.store, Access: access{"alice": {"team": 0}}, MaxReplyBytes: 10})
+	if r, _ := s1.Search(ctx, "demo", "alice", "needle", "", 0); len(r.Hits) != 1 || !r.More {
+		t.Fatalf("tiny limit: %d hits, more %v", len(r.Hits), r.More)
 	}
 }
