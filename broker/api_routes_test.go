@@ -711,3 +711,49 @@ func TestAPIReadTimeout(t *testing.T) {
 	// The server still serves others.
 	e.must(e.do("GET", "/v1/apps/acme", e.admin, nil), 200)
 }
+
+// TestHTTPSlowHeadersAndIdle checks the listener's own timeouts: a client
+// that sends its headers too slowly, and a keep-alive connection left
+// idle, are both closed by the server.
+func TestHTTPSlowHeadersAndIdle(t *testing.T) {
+	e := newAPIEnvWith(t, func(c *Config) {
+		c.HTTP.ReadHeaderTimeout = Duration(300 * time.Millisecond)
+		c.HTTP.IdleTimeout = Duration(300 * time.Millisecond)
+	})
+	closed := func(c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := br.ReadByte(); err == nil {
+			t.Fatal("the server sent more instead of closing")
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the server kept the connection open")
+		}
+	}
+	// Half the headers, then nothing.
+	slow, err := net.Dial("tcp", e.s.Addrs().HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	_, _ = io.WriteString(slow, "GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n")
+	closed(slow, bufio.NewReader(slow))
+
+	// A full request, then an idle keep-alive connection.
+	idle, err := net.Dial("tcp", e.s.Addrs().HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	_, _ = io.WriteString(idle, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(idle)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("healthz: %d close=%v", resp.StatusCode, resp.Close)
+	}
+	closed(idle, br)
+}

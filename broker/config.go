@@ -152,10 +152,15 @@ type HTTPConfig struct {
 	// smaller limits of their own. A larger body is answered 413.
 	MaxBody int64 `yaml:"max_body"`
 	// ReadTimeout bounds reading a /v1 request's body (30s); WriteTimeout
-	// bounds writing its response (60s). Headers must arrive within 10s
-	// and an idle keep-alive connection is closed after 120s.
+	// bounds writing its response (60s).
 	ReadTimeout  Duration `yaml:"read_timeout"`
 	WriteTimeout Duration `yaml:"write_timeout"`
+	// ReadHeaderTimeout bounds the arrival of a request's headers on every
+	// HTTP and WebSocket listener (10s), so that slow-header clients
+	// cannot hold connections; IdleTimeout closes a keep-alive connection
+	// that sends no next request (120s).
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
 }
 
 // TLSConfig names a certificate and key in PEM files. When both are set the
@@ -222,7 +227,8 @@ func Default() Config {
 			}},
 		},
 		HTTP: HTTPConfig{Addr: ":8080", MaxBody: 1 << 20,
-			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second)},
+			ReadTimeout: Duration(30 * time.Second), WriteTimeout: Duration(60 * time.Second),
+			ReadHeaderTimeout: Duration(10 * time.Second), IdleTimeout: Duration(120 * time.Second)},
 		Chat:     ChatConfig{SendRate: 20, SendBurst: 100, MaxGroupSize: 1000, MaxBody: 64 << 10},
 		Media:    defaultMedia(),
 		Log:      LogConfig{Level: "info"},
@@ -332,8 +338,11 @@ func (c *Config) Validate() error {
 	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
 		return errors.New("config: tls.cert_file and tls.key_file go together")
 	}
-	if c.HTTP.MaxBody < 0 || c.HTTP.ReadTimeout < 0 || c.HTTP.WriteTimeout < 0 {
-		return errors.New("config: http.max_body, http.read_timeout and http.write_timeout cannot be negative")
+	if c.HTTP.MaxBody < 0 || c.HTTP.ReadTimeout < 0 || c.HTTP.WriteTimeout < 0 || c.HTTP.IdleTimeout < 0 {
+		return errors.New("config: http.max_body, http.read_timeout, http.write_timeout and http.idle_timeout cannot be negative")
+	}
+	if c.HTTP.ReadHeaderTimeout <= 0 {
+		return errors.New("config: http.read_header_timeout must be positive")
 	}
 	if c.HTTP.TLS && !c.TLS.Enabled() {
 		return errors.New("config: http.tls needs tls.cert_file and tls.key_file")

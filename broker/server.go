@@ -286,8 +286,8 @@ func (s *Server) bindListeners() error {
 		}
 		srv := &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout:       120 * time.Second,
+			ReadHeaderTimeout: s.cfg.HTTP.ReadHeaderTimeout.D(),
+			IdleTimeout:       s.cfg.HTTP.IdleTimeout.D(),
 			MaxHeaderBytes:    64 << 10,
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
