@@ -8,8 +8,8 @@ package chat
 //     "shared" (the default);
 //   - a blocked user cannot send to the blocker's direct conversation (the
 //     send is refused with code "blocked" and nothing is stored), cannot
-//     start one, their typing notices there are dropped, and they cannot
-//     see the blocker's presence. In groups a block changes nothing on the
+//     start one, their typing notices there are refused (also "blocked"),
+//     and they cannot see the blocker's presence. In groups a block changes nothing on the
 //     server: the group's log is one for everyone, so messages of a
 //     blocked member are still stored and delivered, and the blocker's
 //     devices hide them (the blocked list comes with op "contacts").
