@@ -375,8 +375,12 @@ func TestTargetedPushToTaggedUsers(t *testing.T) {
 			t.Fatalf("open report %d: %d %v", i, resp.StatusCode, out)
 		}
 	}
-	if v := getCampaign(t, s, id); v.Stats.Opened != 1 {
-		t.Fatalf("opened = %d", v.Stats.Opened)
+	// ... or over MQTT.
+	if r := devs[1].request(t, map[string]any{"op": "opened", "id": id}); r["first"] != true {
+		t.Fatalf("MQTT open report: %v", r)
+	}
+	if v := getCampaign(t, s, id); v.Stats.Opened != 2 {
+		t.Fatalf("opened = %d, want 2", v.Stats.Opened)
 	}
 	list := mustCall(t, s, http.StatusOK, "GET", "/v1/apps/demo/campaigns?limit=5", nil)
 	if cs := list["campaigns"].([]any); len(cs) != 1 || cs[0].(map[string]any)["id"] != id {

@@ -86,6 +86,7 @@ func (s *Server) wireChat() error {
 		SendRate:     s.cfg.Chat.SendRate,
 		SendBurst:    s.cfg.Chat.SendBurst,
 		Devices:      devices{s.identity},
+		Opens:        campaignOpens{s},
 		OnStored:     s.chatStored,
 		OnSystem:     s.chatSystem,
 		OnQuiet:      s.chatQuiet,

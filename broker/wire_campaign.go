@@ -27,7 +27,7 @@ type campaignState struct {
 	chatStore storage.ChatStore
 	idStore   *badgerstore.IdentityStore
 
-	logins    *loginRecorder
+	logins *loginRecorder
 
 	pushObsMu sync.RWMutex
 	pushObs   []func(storage.PushRecord)
@@ -272,4 +272,22 @@ func (r *loginRecorder) run() {
 			flush()
 		}
 	}
+}
+
+// campaignOpens answers the MQTT "opened" request through the campaign
+// service (wired after the chat service, hence the lookup at call time).
+type campaignOpens struct{ s *Server }
+
+func (o campaignOpens) Opened(ctx context.Context, app, user, id string) (bool, error) {
+	if o.s.campaigns == nil {
+		return false, protocol.Errorf(protocol.CodeUnavailable, "open reports are not available yet")
+	}
+	first, err := o.s.campaigns.Opened(ctx, app, id, user)
+	if errors.Is(err, storage.ErrNotFound) {
+		return false, protocol.Errorf(protocol.CodeNotFound, "no campaign %s", id)
+	}
+	if err != nil {
+		return false, protocol.Errorf(protocol.CodeInternal, "could not record the open report")
+	}
+	return first, nil
 }

@@ -97,6 +97,9 @@ type Options struct {
 	// Devices, if set, answers the "push" request: a device registering
 	// its push token.
 	Devices Devices
+	// Opens, if set, answers the "opened" request: the user reporting that
+	// they opened a targeted push.
+	Opens Opens
 	// OnStored, if set, is called once for every stored message (not for
 	// system events) after it has been delivered live, with the members it
 	// was for, in seq order per conversation. It runs on the conversation's
@@ -150,6 +153,12 @@ type Options struct {
 // implements it in the server.
 type Devices interface {
 	RegisterPush(ctx context.Context, app, user, device string, r PushRegistration) (any, error)
+}
+
+// Opens records that a user opened a targeted push (package campaign in
+// the server) and reports whether it was the user's first report.
+type Opens interface {
+	Opened(ctx context.Context, app, user, campaign string) (bool, error)
 }
 
 // PushRegistration is a device's push registration, from the "push"
@@ -389,6 +398,15 @@ func (s *Service) Handle(ctx context.Context, from Sender, r *protocol.Request) 
 		}
 		return s.o.Devices.RegisterPush(ctx, from.App, from.User, from.Device, PushRegistration{
 			Platform: r.Platform, Token: *r.Token, Topic: r.Topic, Locale: r.Locale})
+	case protocol.OpOpened:
+		if s.o.Opens == nil {
+			return nil, protocol.Errorf(protocol.CodeBadRequest, "op: open reports are not available here")
+		}
+		first, err := s.o.Opens.Opened(ctx, from.App, from.User, r.ID)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]bool{"first": first}, nil
 	}
 	if res, ok, err := s.handleSocial(ctx, from, r); ok {
 		return res, err

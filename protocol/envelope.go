@@ -405,6 +405,9 @@ func (r *Request) validate(lim Limits) error {
 	if err, ok := r.validateSearch(); ok {
 		return err
 	}
+	if err, ok := r.validateCampaign(); ok {
+		return err
+	}
 	return Errorf(CodeBadRequest, "op: unknown operation %q", r.Op)
 }
 
