@@ -21,6 +21,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -363,10 +364,28 @@ func (s *Server) routes() {
 	api.RegisterOpenAPI(s.mux)
 	s.mux.Handle("GET /assets/", s.webClient)
 	if s.cfg.HTTP.Pprof {
-		s.mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
+		s.mux.Handle("/debug/pprof/", loopbackOnly(http.HandlerFunc(debugIndex)))
 		s.mux.Handle("/debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
 		s.mux.Handle("/debug/pprof/trace", loopbackOnly(http.HandlerFunc(pprof.Trace)))
 	}
+}
+
+// debugIndex is Go's profiler index, plus POST /debug/pprof/freeosmemory,
+// which runs a garbage collection and returns all the memory it can to the
+// operating system (debug.FreeOSMemory), so that the resident set read
+// right after it is the process's floor: what it holds, not what the
+// runtime keeps for reuse. The soak test reads memory that way.
+func debugIndex(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/debug/pprof/freeosmemory" {
+		if r.Method != http.MethodPost {
+			http.Error(w, "POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	pprof.Index(w, r)
 }
 
 // loopbackOnly refuses requests that do not come from a loopback address.

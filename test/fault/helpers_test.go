@@ -56,9 +56,10 @@ type server struct {
 }
 
 // config turns the per-user send quota off (these tests send faster than a
-// person) and the profiler on (the soak test forces a GC through it before
-// each heap sample; it answers loopback only), and leaves everything else,
-// durability included, at the defaults.
+// person) and the debug endpoints on (the soak test has the server collect
+// garbage and free memory through them before each sample; they answer
+// loopback only), and leaves everything else, durability included, at the
+// defaults.
 const config = "chat:\n  send_rate: -1\nhttp:\n  pprof: true\n"
 
 // launch starts "warbler serve" on loopback ports with its data in data

@@ -29,18 +29,18 @@ const (
 // minute), as a least-squares slope over the samples. A leak of one
 // goroutine per few seconds, or of a few KB per message, breaks these.
 //
-// What is judged is the floor, not the sawtooth. Each sample forces a
-// garbage collection first (the heap profile endpoint with gc=1) and reads
-// the live heap right after it, and the resident set is its anonymous part
-// (RssAnon: heap, stacks, runtime), taken after that collection; the slope
-// is then fitted to the lowest sample of each floorWindow. A raw in-use
-// heap swings by up to the GC target (GOGC=100: up to twice the live heap)
-// between two samples, which a 30-minute slope mistakes for growth; even
-// after a GC, a sample taken while the store flushes a memtable or
-// compacts holds that work's buffers (tens of MB for a few seconds), and
+// What is judged is the floor, not the sawtooth. Each sample first has the
+// server collect garbage and return every free page to the operating
+// system (POST /debug/pprof/freeosmemory, debug.FreeOSMemory), then reads
+// the live heap (go_memstats_heap_alloc_bytes) and the anonymous resident
+// set (RssAnon: heap, stacks, runtime); the slope is then fitted to the
+// lowest sample of each floorWindow. A raw in-use heap swings by up to the
+// GC target (GOGC=100: up to twice the live heap) between two samples, and
 // the resident set keeps freed pages until the runtime's scavenger returns
-// them. A leak raises every window's lowest sample; those transients do
-// not. The store's block and index caches (warbler_store_cache_bytes, at
+// them, both of which a 30-minute slope mistakes for growth; even after
+// the collection, a sample taken while the store flushes a memtable or
+// compacts holds that work's buffers (tens of MB for a few seconds). A
+// leak raises every window's lowest sample; those transients do not. The store's block and index caches (warbler_store_cache_bytes, at
 // most 16 and 8 MiB) are subtracted from both: they fill as the store's
 // tables grow, which at this load takes longer than the run, and would
 // otherwise read as growth; their sizes are logged. The file-backed part of the resident set (RssFile: the store's
@@ -138,10 +138,14 @@ func TestSoak(t *testing.T) {
 	defer tick.Stop()
 	take := func() {
 		smp := sample{at: time.Since(began), sent: sent.Load()}
-		m := metrics(t, s.addrs["http"])
-		smp.rawHeap, smp.goroutines = m["go_memstats_heap_inuse_bytes"], m["go_goroutines"]
-		smp.heap = liveHeap(t, s.addrs["http"], prof, smp.at)
+		smp.rawHeap = metrics(t, s.addrs["http"])["go_memstats_heap_inuse_bytes"]
+		freeOSMemory(t, s.addrs["http"])
 		smp.rss, smp.rssFile = rss(t, s.cmd.Process.Pid)
+		m := metrics(t, s.addrs["http"])
+		smp.heap, smp.goroutines = m["go_memstats_heap_alloc_bytes"], m["go_goroutines"]
+		if prof != "" {
+			heapProfile(t, s.addrs["http"], prof, smp.at)
+		}
 		smp.caches = m[`warbler_store_cache_bytes{cache="block"}`] + m[`warbler_store_cache_bytes{cache="index"}`]
 		samples = append(samples, smp)
 		t.Logf("t=%4.0fs rss(anon)=%6.1f MB rss(file)=%6.1f MB heap(after GC)=%6.1f MB caches=%5.1f MB heap(raw)=%6.1f MB goroutines=%4.0f sent=%d delivered=%d",
@@ -271,13 +275,25 @@ func rss(t *testing.T, pid int) (anon, file float64) {
 	return anon, file
 }
 
-// liveHeap forces a garbage collection in the server (its heap profile
-// endpoint with gc=1, served to loopback when http.pprof is on) and
-// returns the heap in use right after it, from the runtime.MemStats the
-// text profile ends with. If dir is set, the profile is also kept there
-// (heap-<seconds>.txt) for a later `go tool pprof` comparison.
-func liveHeap(t *testing.T, addr, dir string, at time.Duration) float64 {
-	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?gc=1&debug=1")
+// freeOSMemory has the server collect garbage and return its free memory
+// to the operating system (a debug endpoint served to loopback when
+// http.pprof is on).
+func freeOSMemory(t *testing.T, addr string) {
+	resp, err := http.Post("http://"+addr+"/debug/pprof/freeosmemory", "", nil)
+	if err != nil {
+		t.Fatalf("free OS memory: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("free OS memory: HTTP %d", resp.StatusCode)
+	}
+}
+
+// heapProfile keeps the server's heap profile, in the text form whose
+// stacks are symbolized, as dir/heap-<seconds>.txt, for a later
+// comparison of two points of the run.
+func heapProfile(t *testing.T, addr, dir string, at time.Duration) {
+	resp, err := http.Get("http://" + addr + "/debug/pprof/heap?debug=1")
 	if err != nil {
 		t.Fatalf("heap profile: %v", err)
 	}
@@ -286,19 +302,7 @@ func liveHeap(t *testing.T, addr, dir string, at time.Duration) float64 {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("heap profile: HTTP %d, %v", resp.StatusCode, err)
 	}
-	if dir != "" {
-		_ = os.WriteFile(fmt.Sprintf("%s/heap-%05.0f.txt", dir, at.Seconds()), b, 0o644)
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "# HeapAlloc = "); ok {
-			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			if err == nil {
-				return n
-			}
-		}
-	}
-	t.Fatal("no HeapAlloc in the heap profile")
-	return 0
+	_ = os.WriteFile(fmt.Sprintf("%s/heap-%05.0f.txt", dir, at.Seconds()), b, 0o644)
 }
 
 // metrics reads the unlabelled samples of the server's /metrics page.
