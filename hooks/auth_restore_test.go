@@ -127,6 +127,15 @@ func TestAuthRestoredSessions(t *testing.T) {
 		}
 		// Without restore nothing was queued; either way nothing else is.
 		e.barrier(alice, "w/a1/u/alice")
+		// The session's unacknowledged deliveries are stored and would be
+		// sent again after the restart: let the acks land first.
+		deadline := time.Now().Add(5 * time.Second)
+		for cl, _ := e.server.Clients.Get("a1:alice:d1"); cl.State.Inflight.Len() > 0; {
+			if time.Now().After(deadline) {
+				t.Fatal("alice's acknowledgements never arrived")
+			}
+			time.Sleep(time.Millisecond)
+		}
 		_ = alice.c.Disconnect(&paho.Disconnect{})
 		stop()
 	}
