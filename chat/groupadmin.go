@@ -681,6 +681,11 @@ func (s *Service) Join(ctx context.Context, from Sender, conv, token, text strin
 		return protocol.JoinResult{}, s.internal("read conversation", err)
 	}
 	if c.Kind == storage.KindDirect {
+		// Anyone can compute a direct conversation's ID: to an outsider,
+		// one that exists looks like one that does not.
+		if _, err := s.store.GetMember(ctx, from.App, conv, from.User); err != nil {
+			return protocol.JoinResult{}, errNotMember(conv)
+		}
 		return protocol.JoinResult{}, protocol.Errorf(protocol.CodeForbidden, "direct conversations cannot be joined")
 	}
 	joined := func() (protocol.JoinResult, error) {

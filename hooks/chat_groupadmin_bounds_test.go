@@ -2,10 +2,12 @@ package hooks_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/warblerim/warbler/chat"
+	"github.com/warblerim/warbler/protocol"
 )
 
 // A conversation holds at most chat.MaxInvites live invite tokens; expired
@@ -94,5 +96,27 @@ func TestGroupInviteOfRemovedAdmin(t *testing.T) {
 	}
 	if j := result(t, dan.request(map[string]any{"op": "join", "token": anns})); j["state"] != "joined" {
 		t.Fatalf("join with the owner's token: %v", j)
+	}
+}
+
+// Anyone can compute the ID of the direct conversation of two users, so
+// "join" must not tell whether it exists: who talks to whom is theirs to
+// know. Joining one that exists answers exactly as joining one that does
+// not.
+func TestJoinDoesNotRevealDirectConversations(t *testing.T) {
+	b, _ := startAdminBroker(t, 0)
+	alice := connect(t, "mqtt://"+b.tcp, "alice", "phone")
+	eve := connect(t, "mqtt://"+b.tcp, "eve", "phone")
+	result(t, alice.request(send("", "bob", "m1", "hi bob")))
+	answer := func(conv string) (string, string) {
+		in := eve.request(map[string]any{"op": "join", "conv": conv})
+		e, _ := in.data["error"].(map[string]any)
+		msg, _ := e["message"].(string)
+		return errCode(t, in), strings.ReplaceAll(msg, conv, "ID")
+	}
+	c1, m1 := answer(protocol.DirectConvID("alice", "bob"))   // exists
+	c2, m2 := answer(protocol.DirectConvID("alice", "carol")) // does not
+	if c1 != "not_member" || c1 != c2 || m1 != m2 {
+		t.Fatalf("join of an existing direct conversation: %s %q; of a missing one: %s %q", c1, m1, c2, m2)
 	}
 }
