@@ -298,21 +298,6 @@ func (s *Service) SetRole(ctx context.Context, from Sender, conv, user, role str
 			return protocol.InfoResult{}, s.internal("set role", err)
 		}
 	}
-	if role == protocol.RoleOwner && from.Service {
-		// A service hands ownership over on the owner's behalf: the old
-		// owner becomes an admin, as when they hand it over themselves.
-		ms, err := s.store.ListMembers(ctx, from.App, conv, "", 0)
-		if err != nil {
-			return protocol.InfoResult{}, s.internal("list members", err)
-		}
-		for _, m := range ms {
-			if m.Role == storage.RoleOwner && m.User != user {
-				if err := s.store.SetRole(ctx, from.App, conv, m.User, storage.RoleAdmin); err != nil {
-					return protocol.InfoResult{}, s.internal("set role", err)
-				}
-			}
-		}
-	}
 	s.Invalidate(from.App, conv)
 	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "role", By: from.User, Users: []string{user}, Role: role}, nil); err != nil {
 		return protocol.InfoResult{}, err
