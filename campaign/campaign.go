@@ -787,7 +787,7 @@ func (s *Service) chunk(ctx context.Context, app, id string, sp Spec, users []st
 		}
 	}
 	if len(inapp) > 0 {
-		p := InAppPayload{Kind: "push", Campaign: id, Title: sp.Notification.Title, Body: sp.Notification.Body,
+		p := InAppPayload{Kind: protocol.KindPush, Campaign: id, Title: sp.Notification.Title, Body: sp.Notification.Body,
 			Data: sp.Notification.Data, Message: sp.Message}
 		if !sp.ExpiresAt.IsZero() {
 			p.Expires = sp.ExpiresAt.UnixMilli()

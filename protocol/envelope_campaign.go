@@ -1,5 +1,9 @@
 package protocol
 
+// KindPush is the kind of the in-app payload of a targeted push, published
+// on the user's downlink topic to connected devices (see package campaign).
+const KindPush = "push"
+
 // OpOpened reports that the user opened a targeted push (a campaign): its
 // notification or its in-app message. "id" is the campaign's ID, as the
 // in-app payload's "campaign" field and the notification's data carry it.
