@@ -28,6 +28,9 @@ import (
 	"github.com/warblerim/warbler/identity"
 	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/protocol"
+	"github.com/warblerim/warbler/storage"
+	"github.com/warblerim/warbler/storage/badgerstore"
+	"github.com/warblerim/warbler/webhook"
 )
 
 // The webhook tests run the whole server on loopback with real receivers
@@ -599,5 +602,90 @@ func TestWebhooksConfigValidation(t *testing.T) {
 	}
 	if err := cfg.Validate(); err != nil || cfg.Webhooks.RetryBase.D() != time.Second || cfg.Webhooks.Workers != 16 {
 		t.Fatalf("%+v %v", cfg.Webhooks, err)
+	}
+}
+
+// TestWebhookCatchUpAfterLostHandoff: messages that reached the log but
+// whose events never reached the queue (the in-memory hand-off lost in a
+// crash, simulated by appending to the log of a stopped server) are
+// queued at the next start, with the IDs the live path gives them; those
+// already queued are not queued again.
+func TestWebhookCatchUpAfterLostHandoff(t *testing.T) {
+	recv := newHookReceiver(t, nil)
+	cfg := loopbackConfig(t)
+	fastHooks(&cfg)
+	start := func() *Server {
+		s, err := New(cfg, Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+		return s
+	}
+	s := start()
+	createHook(t, s, adminKey(t, s), recv.URL, "message.created")
+	alice := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "phone")
+	creds(t, s, "bob", "phone")
+	ack := alice.request(t, map[string]any{"to": "bob", "cmid": "live", "type": "text", "body": map[string]string{"text": "live"}})
+	conv := ack["conv"].(string)
+	live := recv.wait(t, "the live event", func(ev hookEvent) bool { return ev.Type == "message.created" })
+	var liveData struct{ Message protocol.Message }
+	_ = json.Unmarshal(live.Data, &liveData)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Two messages reach the log while the server is down.
+	db, err := badgerstore.Open(cfg.Data, badgerstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := badgerstore.NewChat(db, badgerstore.ChatOptions{})
+	now := time.Now().UnixMilli()
+	var b storage.AppendBatch
+	for i, id := range []string{"lost-1", "lost-2"} {
+		m := protocol.Message{Kind: protocol.KindMsg, ID: id, Conv: conv, Seq: uint64(2 + i), TS: now, From: protocol.Sender{User: "alice", Device: "phone"},
+			Type: "text", Body: json.RawMessage(`{"text":"` + id + `"}`)}
+		data, _ := json.Marshal(m)
+		b.Entries = append(b.Entries, storage.LogEntry{Conv: conv, Seq: m.Seq, TS: now, Sender: "alice", Data: data})
+	}
+	if err := store.Append(ctx, "demo", b); err != nil {
+		t.Fatal(err)
+	}
+	_ = store.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = start()
+	got := map[string]string{}
+	for len(got) < 2 {
+		ev := recv.wait(t, "the caught-up events", func(ev hookEvent) bool { return ev.Type == "message.created" })
+		var d struct{ Message protocol.Message }
+		_ = json.Unmarshal(ev.Data, &d)
+		if d.Message.ID == liveData.Message.ID || ev.ID == live.ID {
+			t.Fatalf("the event queued before the stop was queued again: %s", ev.body)
+		}
+		got[d.Message.ID] = ev.ID
+	}
+	for _, id := range []string{"lost-1", "lost-2"} {
+		if got[id] != webhook.LogEventID("demo", id, webhook.EventMessageCreated) {
+			t.Fatalf("event of %s: %q, want its log event ID", id, got[id])
+		}
+	}
+	// The catch-up ran before the server started: the log holds the live
+	// delivery and the two caught up, no more.
+	code, out := keyCall(t, s, adminKey(t, s), "GET", "/v1/apps/demo/webhooks", nil)
+	if code != 200 {
+		t.Fatal(code)
+	}
+	id := out["webhooks"].([]any)[0].(map[string]any)["id"].(string)
+	if code, out := keyCall(t, s, adminKey(t, s), "GET", "/v1/apps/demo/webhooks/"+id+"/deliveries", nil); code != 200 || len(out["deliveries"].([]any)) != 3 {
+		t.Fatalf("deliveries: %d %v", code, out)
 	}
 }

@@ -78,6 +78,7 @@ func (s *Server) wireIdentity() error {
 func (s *Server) wireChat() error {
 	store := badgerstore.NewChat(s.db, badgerstore.ChatOptions{})
 	s.closers = append(s.closers, store.Close)
+	s.webhookCatchUp(store)
 	hook := hooks.NewChat()
 	svc, err := chat.New(chat.Options{
 		Store: store, Deliverer: hook, Logger: s.log.With("component", "chat"),

@@ -148,35 +148,123 @@ func (s *Server) chatPresence(app, user, device string, online bool, at int64) {
 // message.created webhook.
 func (s *Server) chatStored(app string, msg protocol.Message, recipients []string) {
 	s.onStored(app, msg, recipients)
-	if s.webhooks != nil {
-		s.webhooks.Publish(app, webhook.EventMessageCreated, map[string]any{"message": msg})
-	}
+	s.publishLogged(app, msg)
 }
 
 // chatQuiet is the chat service's OnQuiet: message.updated for edits,
 // recalls and reactions, message.created for the rest (call events).
-func (s *Server) chatQuiet(app string, msg protocol.Message, _ []string) {
-	if s.webhooks == nil {
-		return
-	}
-	typ := webhook.EventMessageCreated
-	switch msg.Type {
-	case protocol.TypeEdit, protocol.TypeRecall, protocol.TypeReaction:
-		typ = webhook.EventMessageUpdated
-	}
-	s.webhooks.Publish(app, typ, map[string]any{"message": msg})
-}
+func (s *Server) chatQuiet(app string, msg protocol.Message, _ []string) { s.publishLogged(app, msg) }
 
 // chatSystem is the chat service's OnSystem: conversation.updated.
-func (s *Server) chatSystem(app string, msg protocol.Message, _ []string) {
+func (s *Server) chatSystem(app string, msg protocol.Message, _ []string) { s.publishLogged(app, msg) }
+
+// logEvent is the webhook event of a stored message: conversation.updated
+// for a system event, message.updated for an edit, recall or reaction,
+// message.created for everything else.
+func logEvent(msg protocol.Message) (string, any) {
+	switch msg.Type {
+	case protocol.TypeSystem:
+		var ev struct {
+			Event string `json:"event"`
+		}
+		_ = json.Unmarshal(msg.Body, &ev) // system bodies are the server's own
+		return webhook.EventConversationUpdated, map[string]any{"conv": msg.Conv, "change": ev.Event, "message": msg}
+	case protocol.TypeEdit, protocol.TypeRecall, protocol.TypeReaction:
+		return webhook.EventMessageUpdated, map[string]any{"message": msg}
+	}
+	return webhook.EventMessageCreated, map[string]any{"message": msg}
+}
+
+func (s *Server) publishLogged(app string, msg protocol.Message) {
 	if s.webhooks == nil {
 		return
 	}
-	var ev struct {
-		Event string `json:"event"`
+	typ, data := logEvent(msg)
+	s.webhooks.PublishLogged(app, typ, data, webhook.LogEventID(app, msg.ID, typ), time.UnixMilli(msg.TS),
+		storage.WebhookMark{App: app, Conv: msg.Conv, Seq: msg.Seq})
+}
+
+// webhookCatchUp queues the webhook events of messages that were stored
+// but whose events never reached the queue: the hand-off between the two
+// is in memory, so a crash can lose it. The queue records, per
+// conversation, up to which seq the events are queued; for every
+// conversation of an app with endpoints subscribed to message or
+// conversation events, the entries after that mark (and stored after the
+// endpoint was created) are queued now, with the IDs they would have had.
+// It runs at start, before clients connect.
+func (s *Server) webhookCatchUp(store storage.ChatStore) {
+	if s.webhooks == nil {
+		return
 	}
-	_ = json.Unmarshal(msg.Body, &ev) // system bodies are the server's own
-	s.webhooks.Publish(app, webhook.EventConversationUpdated, map[string]any{"conv": msg.Conv, "change": ev.Event, "message": msg})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	type appConv struct{ app, conv string }
+	type sub struct {
+		since time.Time // the earliest subscribed endpoint's creation
+		ok    bool
+	}
+	var convs []appConv
+	apps := map[string]sub{}
+	err := store.WalkConversations(ctx, func(app, conv string) error {
+		a, seen := apps[app]
+		if !seen {
+			a.since, a.ok = s.webhooks.Subscribed(app, webhook.EventMessageCreated, webhook.EventMessageUpdated, webhook.EventConversationUpdated)
+			apps[app] = a
+		}
+		if a.ok {
+			convs = append(convs, appConv{app, conv})
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("webhooks: catch-up: cannot list conversations", "error", err)
+		return
+	}
+	queued := 0
+	marks := map[string]map[string]uint64{}
+	for _, c := range convs {
+		m, ok := marks[c.app]
+		if !ok {
+			if m, err = s.webhooks.Marks(ctx, c.app); err != nil {
+				s.log.Error("webhooks: catch-up: cannot read marks", "app", c.app, "error", err)
+				return
+			}
+			marks[c.app] = m
+		}
+		head, err := store.LastSeq(ctx, c.app, c.conv)
+		if err != nil || head <= m[c.conv] {
+			continue
+		}
+		// A page at a time, each queued with its mark.
+		for next := m[c.conv] + 1; next <= head; {
+			es, err := store.Range(ctx, c.app, c.conv, next, true, 256)
+			if err != nil || len(es) == 0 {
+				break
+			}
+			var evs []webhook.Logged
+			for _, e := range es {
+				next = e.Seq + 1
+				if e.TS < apps[c.app].since.UnixMilli() {
+					continue
+				}
+				var msg protocol.Message
+				if json.Unmarshal(e.Data, &msg) != nil {
+					continue
+				}
+				typ, data := logEvent(msg)
+				evs = append(evs, webhook.Logged{Type: typ, ID: webhook.LogEventID(c.app, msg.ID, typ), At: time.UnixMilli(msg.TS), Data: data})
+			}
+			n, err := s.webhooks.CatchUp(ctx, c.app, evs, storage.WebhookMark{App: c.app, Conv: c.conv, Seq: es[len(es)-1].Seq})
+			if err != nil {
+				s.log.Error("webhooks: catch-up failed", "app", c.app, "conv", c.conv, "error", err)
+				break
+			}
+			queued += n
+		}
+	}
+	if queued > 0 {
+		s.log.Warn("webhooks: queued the events of messages stored before a crash", "events", queued)
+	}
 }
 
 // webhookPushFinished observes push outcomes (OnPushFinished): push.failed.

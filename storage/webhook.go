@@ -81,6 +81,14 @@ type WebhookDelivery struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
+// WebhookMark records that the events of a conversation's log up to Seq
+// are queued, so that a start after a crash can queue those of later
+// entries that were stored but never reached the queue.
+type WebhookMark struct {
+	App, Conv string
+	Seq       uint64
+}
+
 // WebhookStore keeps webhook endpoints and the delivery queue. Writes that
 // queue deliveries are durable when they return.
 type WebhookStore interface {
@@ -96,8 +104,11 @@ type WebhookStore interface {
 	// its log.
 	DeleteWebhookEndpoint(ctx context.Context, app, id string) error
 
-	// EnqueueWebhooks durably queues deliveries (State queued, by Due).
-	EnqueueWebhooks(ctx context.Context, ds []WebhookDelivery) error
+	// EnqueueWebhooks durably queues deliveries (State queued, by Due)
+	// and, with the last of them, moves the marks forward (never back).
+	EnqueueWebhooks(ctx context.Context, ds []WebhookDelivery, marks []WebhookMark) error
+	// WebhookMarks returns the marks of an app's conversations.
+	WebhookMarks(ctx context.Context, app string) (map[string]uint64, error)
 	// ClaimWebhooks moves up to limit deliveries due at now to "sending"
 	// and returns them, earliest Due first.
 	ClaimWebhooks(ctx context.Context, now time.Time, limit int) ([]WebhookDelivery, error)

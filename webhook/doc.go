@@ -53,10 +53,13 @@
 // not even for one endpoint: workers run in parallel and retries overtake.
 // Use "created" and the message's seq to order.
 //
-// The window between a stored message and its queued event is the
-// enqueue goroutine's buffer: events accepted by Publish but not yet
-// written are lost if the process is killed (not if it is stopped: Close
-// writes them). Nothing is lost after the write.
+// Between Publish and the write to the queue, events wait in memory: a
+// kill loses them (a stop does not: Close writes them). Events of a
+// conversation's log therefore go through PublishLogged, whose write also
+// records how far the conversation's events are queued (a mark), and
+// whose IDs derive from the log entry (LogEventID); at start, CatchUp
+// queues the events of entries after the mark, with the same IDs. Other
+// events (presence, push outcomes) have no log to catch up from.
 //
 // Every delivery is also its endpoint's log entry (attempts with status,
 // latency and error, the payload), kept for the store's retention once

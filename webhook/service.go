@@ -8,6 +8,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -150,8 +151,9 @@ type appCache struct {
 // pending is an event on its way to the queue, with the endpoints it goes
 // to.
 type pending struct {
-	ev  Event
-	eps []string
+	ev   Event
+	eps  []string
+	mark *storage.WebhookMark
 }
 
 // New returns a Service; Start starts its workers.
@@ -531,7 +533,7 @@ func (s *Service) Test(ctx context.Context, app, id string) (storage.WebhookDeli
 	if err != nil {
 		return storage.WebhookDelivery{}, err
 	}
-	if err := s.store.EnqueueWebhooks(ctx, ds); err != nil {
+	if err := s.store.EnqueueWebhooks(ctx, ds, nil); err != nil {
 		return storage.WebhookDelivery{}, err
 	}
 	s.m.events.WithLabelValues(EventTest).Inc()
@@ -596,6 +598,25 @@ func (s *Service) endpoint(app, id string) (storage.WebhookEndpoint, error) {
 // drops the event once Close has begun. An app with no matching endpoint
 // costs one cache lookup.
 func (s *Service) Publish(app, typ string, data any) {
+	s.publish(app, typ, data, "", time.Time{}, nil)
+}
+
+// PublishLogged publishes the event of a conversation's log entry: its ID
+// is derived from the entry (LogEventID), so that an event published
+// again by CatchUp after a crash carries the same ID, and the queue
+// records that the conversation's events are queued up to mark.Seq.
+func (s *Service) PublishLogged(app, typ string, data any, id string, at time.Time, mark storage.WebhookMark) {
+	s.publish(app, typ, data, id, at, &mark)
+}
+
+// LogEventID is the event ID of a log entry's event: the same for the
+// same app, message ID and type, on every process and every start.
+func LogEventID(app, msgID, typ string) string {
+	h := sha256.Sum256([]byte(app + "\x00" + msgID + "\x00" + typ))
+	return "evt_" + hex.EncodeToString(h[:16])
+}
+
+func (s *Service) publish(app, typ string, data any, id string, at time.Time, mark *storage.WebhookMark) {
 	eps, err := s.endpoints(app)
 	if err != nil {
 		s.m.enqueueErr.Inc()
@@ -618,7 +639,13 @@ func (s *Service) Publish(app, typ string, data any) {
 		return
 	}
 	now := s.now()
-	p := pending{ev: Event{ID: newID("evt_", now), Type: typ, App: app, Created: now.UnixMilli(), Data: raw}, eps: to}
+	if id == "" {
+		id = newID("evt_", now)
+	}
+	if at.IsZero() {
+		at = now
+	}
+	p := pending{ev: Event{ID: id, Type: typ, App: app, Created: at.UnixMilli(), Data: raw}, eps: to, mark: mark}
 	s.inMu.RLock()
 	defer s.inMu.RUnlock()
 	if s.closed {
@@ -627,6 +654,84 @@ func (s *Service) Publish(app, typ string, data any) {
 		return
 	}
 	s.in <- p
+}
+
+// Logged is one log entry's event for CatchUp.
+type Logged struct {
+	Type, ID string
+	At       time.Time
+	Data     any
+}
+
+// CatchUp queues, at once and durably, the events of log entries of one
+// conversation that were stored but never queued (a crash between the
+// two), for the endpoints subscribed now that existed when the entry was
+// stored, and records mark. Events carry their LogEventID, so an event
+// that did reach the queue before the crash is delivered again with the
+// same ID (receivers dedupe).
+func (s *Service) CatchUp(ctx context.Context, app string, evs []Logged, mark storage.WebhookMark) (int, error) {
+	eps, err := s.endpoints(app)
+	if err != nil {
+		return 0, err
+	}
+	var batch []pending
+	for _, ev := range evs {
+		var to []string
+		for _, e := range eps {
+			if e.Enabled && Matches(e.Events, ev.Type) && !ev.At.Before(e.CreatedAt) {
+				to = append(to, e.ID)
+			}
+		}
+		if len(to) == 0 {
+			continue
+		}
+		raw, err := json.Marshal(ev.Data)
+		if err != nil {
+			return 0, err
+		}
+		batch = append(batch, pending{ev: Event{ID: ev.ID, Type: ev.Type, App: app, Created: ev.At.UnixMilli(), Data: raw}, eps: to})
+	}
+	ds, err := s.deliveries(batch, s.now())
+	if err != nil {
+		return 0, err
+	}
+	if err := s.store.EnqueueWebhooks(ctx, ds, []storage.WebhookMark{mark}); err != nil {
+		return 0, err
+	}
+	for _, p := range batch {
+		s.m.events.WithLabelValues(p.ev.Type).Inc()
+	}
+	if len(ds) > 0 {
+		s.kick()
+	}
+	return len(batch), nil
+}
+
+// Subscribed reports whether app has an enabled endpoint subscribed to
+// one of types, and since when the earliest of them exists.
+func (s *Service) Subscribed(app string, types ...string) (time.Time, bool) {
+	eps, err := s.endpoints(app)
+	if err != nil {
+		return time.Time{}, false
+	}
+	var since time.Time
+	ok := false
+	for _, e := range eps {
+		for _, t := range types {
+			if e.Enabled && Matches(e.Events, t) {
+				if !ok || e.CreatedAt.Before(since) {
+					since = e.CreatedAt
+				}
+				ok = true
+			}
+		}
+	}
+	return since, ok
+}
+
+// Marks returns the recorded marks of app's conversations.
+func (s *Service) Marks(ctx context.Context, app string) (map[string]uint64, error) {
+	return s.store.WebhookMarks(ctx, app)
 }
 
 // enqueueLoop writes published events to the queue, as many as are
@@ -655,9 +760,15 @@ func (s *Service) enqueueLoop() {
 func (s *Service) write(batch []pending) {
 	now := s.now()
 	ds, err := s.deliveries(batch, now)
+	var marks []storage.WebhookMark
+	for _, p := range batch {
+		if p.mark != nil {
+			marks = append(marks, *p.mark) // the store keeps the highest
+		}
+	}
 	if err == nil {
 		for attempt := 0; ; attempt++ {
-			err = s.store.EnqueueWebhooks(context.Background(), ds)
+			err = s.store.EnqueueWebhooks(context.Background(), ds, marks)
 			if err == nil || attempt == 2 {
 				break
 			}

@@ -9,6 +9,7 @@ package badgerstore
 //	h/d/{app}/{endpoint}/{id}                   WebhookDelivery (JSON); TTL once terminal
 //	h/q/{due:8 bytes}/{app}/{endpoint}/{id}     queue index: queued deliveries by Due (unix ms, big-endian)
 //	h/f/{app}/{endpoint}/{id}                   in-flight index: deliveries in state "sending"
+//	h/m/{app}/{conv}                            mark: the conversation's events are queued up to this seq (8 bytes)
 //
 // Delivery IDs are time-ordered, so walking an endpoint's records backwards
 // lists the newest deliveries first. There is one queue for all apps: the
@@ -44,6 +45,7 @@ const (
 	pfxHookDelivery = "h/d/"
 	pfxHookQueue    = "h/q/"
 	pfxHookFlight   = "h/f/"
+	pfxHookMark     = "h/m/"
 )
 
 // hookMaxAttempts bounds the attempts kept in one delivery record; the
@@ -231,14 +233,20 @@ func (s *WebhookStore) DeleteWebhookEndpoint(ctx context.Context, app, id string
 // well below Badger's transaction size limit for event-sized payloads.
 const hookEnqueueChunk = 128
 
-func (s *WebhookStore) EnqueueWebhooks(ctx context.Context, ds []storage.WebhookDelivery) error {
-	if len(ds) == 0 {
+func (s *WebhookStore) EnqueueWebhooks(ctx context.Context, ds []storage.WebhookDelivery, marks []storage.WebhookMark) error {
+	if len(ds) == 0 && len(marks) == 0 {
 		return nil
 	}
-	for rest := ds; len(rest) > 0; {
+	for rest := ds; ; {
 		chunk := rest[:min(len(rest), hookEnqueueChunk)]
 		rest = rest[len(chunk):]
+		last := len(rest) == 0
 		err := s.db.update(ctx, false, func(txn *badger.Txn) error {
+			if last {
+				if err := setMarks(txn, marks); err != nil {
+					return err
+				}
+			}
 			for i := range chunk {
 				d := chunk[i]
 				d.State = storage.WebhookQueued
@@ -255,11 +263,64 @@ func (s *WebhookStore) EnqueueWebhooks(ctx context.Context, ds []storage.Webhook
 		if err != nil {
 			return err
 		}
+		if last {
+			break
+		}
 	}
 	if err := s.db.Sync(); err != nil {
 		return fmt.Errorf("sync: %w", err)
 	}
 	return nil
+}
+
+// setMarks moves marks forward in txn.
+func setMarks(txn *badger.Txn, marks []storage.WebhookMark) error {
+	for _, m := range marks {
+		k := []byte(pfxHookMark + m.App + "/" + m.Conv)
+		it, err := txn.Get(k)
+		if err == nil {
+			var cur uint64
+			if err := it.Value(func(v []byte) error {
+				if len(v) == 8 {
+					cur = binary.BigEndian.Uint64(v)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+			if cur >= m.Seq {
+				continue
+			}
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		if err := txn.Set(k, binary.BigEndian.AppendUint64(nil, m.Seq)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *WebhookStore) WebhookMarks(ctx context.Context, app string) (map[string]uint64, error) {
+	out := map[string]uint64{}
+	pfx := []byte(pfxHookMark + app + "/")
+	err := s.db.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx, PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			conv := string(it.Item().Key()[len(pfx):])
+			if err := it.Item().Value(func(v []byte) error {
+				if len(v) == 8 {
+					out[conv] = binary.BigEndian.Uint64(v)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return out, err
 }
 
 func (s *WebhookStore) ClaimWebhooks(ctx context.Context, now time.Time, limit int) ([]storage.WebhookDelivery, error) {

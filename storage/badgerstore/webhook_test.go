@@ -50,8 +50,15 @@ func TestWebhookQueue(t *testing.T) {
 	if err := s.EnqueueWebhooks(ctx, []storage.WebhookDelivery{
 		hookDelivery("d2", "e1", base.Add(2*time.Second)), hookDelivery("d1", "e1", base.Add(time.Second)),
 		hookDelivery("d3", "e2", base.Add(time.Hour)),
-	}); err != nil {
+	}, []storage.WebhookMark{{App: "a", Conv: "c1", Seq: 7}, {App: "a", Conv: "c2", Seq: 3}, {App: "b", Conv: "c1", Seq: 1}}); err != nil {
 		t.Fatal(err)
+	}
+	// Marks only move forward.
+	if err := s.EnqueueWebhooks(ctx, nil, []storage.WebhookMark{{App: "a", Conv: "c1", Seq: 5}, {App: "a", Conv: "c2", Seq: 4}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := s.WebhookMarks(ctx, "a"); err != nil || len(m) != 2 || m["c1"] != 7 || m["c2"] != 4 {
+		t.Fatalf("marks %v %v", m, err)
 	}
 	if n, _ := s.WebhookQueueDepth(ctx); n != 3 {
 		t.Fatalf("depth %d", n)
@@ -59,7 +66,7 @@ func TestWebhookQueue(t *testing.T) {
 	claim(base) // nothing due yet
 	got := claim(base.Add(5*time.Second), "d1", "d2")
 	// Queued behind the cursor (a clock that went back): still found.
-	if err := s.EnqueueWebhooks(ctx, []storage.WebhookDelivery{hookDelivery("d0", "e1", base)}); err != nil {
+	if err := s.EnqueueWebhooks(ctx, []storage.WebhookDelivery{hookDelivery("d0", "e1", base)}, nil); err != nil {
 		t.Fatal(err)
 	}
 	claim(base.Add(5*time.Second), "d0")
@@ -95,7 +102,7 @@ func TestWebhookQueue(t *testing.T) {
 	// The log, newest first, paged.
 	for i := range 5 {
 		d := hookDelivery(fmt.Sprintf("x%d", i), "e3", base)
-		if err := s.EnqueueWebhooks(ctx, []storage.WebhookDelivery{d}); err != nil {
+		if err := s.EnqueueWebhooks(ctx, []storage.WebhookDelivery{d}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -20,11 +20,13 @@ import (
 	"github.com/warblerim/warbler/internal/mqtttest"
 )
 
-// Case 19 for webhooks: kill -9 while message.created events wait in the
-// queue (their receiver is down, so every one has failed at least once and
-// several are being sent at the kill). After the restart, with the
-// receiver back, every event of an acked message is delivered: the queue
-// and its in-flight deliveries survive the crash (at least once).
+// Case 19 for webhooks: kill -9 right after the last of a stream of sends
+// is acked, while their message.created events wait in the queue (the
+// receiver is down), are being sent, or have not left the in-memory
+// hand-off yet. After the restart, with the receiver back, the event of
+// every acked message is delivered: the queue and its in-flight deliveries
+// survive the crash, and the start-up catch-up queues the events of
+// messages that reached the log but not the queue (at least once).
 func TestCase19WebhooksSurviveKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills server processes")
@@ -100,11 +102,12 @@ func TestCase19WebhooksSurviveKill(t *testing.T) {
 	if len(acked) != n {
 		t.Fatalf("%d of %d sends acked", len(acked), n)
 	}
-	waitFor(t, "every event tried once", 60*time.Second, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(tried) == n
-	})
+	// Killed as soon as the last send is acked: events are queued, in
+	// flight, or still in the in-memory hand-off (the catch-up at the next
+	// start finds those in the log).
+	mu.Lock()
+	t.Logf("at the kill: %d of %d events tried", len(tried), n)
+	mu.Unlock()
 	if err := syscall.Kill(w.PID(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
