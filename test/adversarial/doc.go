@@ -48,6 +48,7 @@
 // TestPublishRateLimits, TestPublishSlowedToRate, TestAppQuotas,
 // TestSubscriptionCap, TestHTTPRateLimits.
 //
+// Case 19 kills the server 3 times; set WARBLER_ADVERSARIAL_KILLS for more.
 // Case 25 restores 500 sessions; set WARBLER_ADVERSARIAL_SESSIONS=100000
 // for the long run. Case 19 builds cmd/warbler and is skipped with -short.
 // Cases 20 (power loss), 21 (disk full), 22 (corrupted store) and 24 (push

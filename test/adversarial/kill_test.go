@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -95,7 +96,15 @@ func TestCase19KillDuringQoS1Stream(t *testing.T) {
 	bin := warblerBinary(t)
 	dir := t.TempDir()
 	ctx := context.Background()
-	const cycles, perCycle = 3, 150
+	const perCycle = 150
+	cycles := 3
+	if v := os.Getenv("WARBLER_ADVERSARIAL_KILLS"); v != "" { // the long version
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("WARBLER_ADVERSARIAL_KILLS=%q", v)
+		}
+		cycles = n
+	}
 
 	var acked, sent []string
 	inDoubt := map[string]bool{}
