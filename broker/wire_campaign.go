@@ -124,7 +124,7 @@ func (d campaignDirectory) Reach(ctx context.Context, app, user string) (campaig
 			r.TimeZone = p.Quiet.TimeZone
 		}
 	}
-	devs, err := d.s.identity.ListDevices(ctx, app, user)
+	devs, err := d.s.idStore.ListDevices(ctx, app, user) // the user exists: skip the service's check
 	if err != nil {
 		return campaign.Reach{}, err
 	}
