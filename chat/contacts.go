@@ -142,10 +142,14 @@ func (s *Service) changeRelation(ctx context.Context, from Sender, op string, us
 			return protocol.ContactsResult{}, s.internal("store contacts", err)
 		}
 	}
-	if op == protocol.OpBlock {
+	switch op {
+	case protocol.OpBlock:
 		// A block hides the caller's presence from those it names at once
 		// (an unblock lets them see it again when they next ask).
 		s.dropWatchers(from.App, from.User, users)
+	case protocol.OpContactRemove:
+		// Those who saw it only as a contact stop seeing it now.
+		s.recheckWatches(ctx, from.App, from.User, func(o string) bool { return contains(users, o) })
 	}
 	return s.Contacts(ctx, from)
 }

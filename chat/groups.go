@@ -188,6 +188,7 @@ func (s *Service) Remove(ctx context.Context, from Sender, conv string, users []
 		if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "removed", By: from.User, Users: removed}, removed); err != nil {
 			return protocol.InfoResult{}, err
 		}
+		s.recheckAfterLeaving(ctx, from.App, conv, removed) // presence.go
 	}
 	return s.info(ctx, from, c, "", 0)
 }
@@ -244,6 +245,7 @@ func (s *Service) Leave(ctx context.Context, from Sender, conv string) (protocol
 			return protocol.MarkResult{}, err
 		}
 	}
+	s.recheckAfterLeaving(ctx, from.App, conv, []string{from.User}) // presence.go
 	return protocol.MarkResult{Conv: conv, Seq: cs.head}, nil
 }
 

@@ -30,8 +30,9 @@ package chat
 // visible ones comes online or goes offline, until it disconnects or sends
 // a new list. Visibility is checked when the list is set; privacy and
 // blocks again at each event (a user who hides or blocks stops the events
-// at once; one who leaves a shared group keeps a watcher until it
-// re-subscribes). An event costs one publish per watching device.
+// at once); and the watches between users who stop sharing a group (a
+// removal, a leave) or a contact (removed) are checked again at that
+// moment (recheckWatches). An event costs one publish per watching device.
 //
 // The state is per process: behind a load balancer each node knows only
 // its own connections (a shared presence bus comes with scale-out).
@@ -365,6 +366,88 @@ func (s *Service) mayWatch(ctx context.Context, app, viewer, target string, mine
 		}
 	}
 	return false, nil
+}
+
+// recheckWatches runs after a change that can only take visibility away
+// between user and others (user left or was removed from a group they
+// shared, or removed them from their contacts): each watch between them,
+// either way, that the viewer may no longer have ends now rather than when
+// the watching device next sets its list. Only pairs with a watch cost a
+// check, so the work is bounded by the watch lists, not the group.
+func (s *Service) recheckWatches(ctx context.Context, app, user string, other func(string) bool) {
+	if s.records == nil {
+		return
+	}
+	type watch struct {
+		d      devKey
+		target string
+	}
+	var ws []watch
+	h := &s.presence
+	h.mu.Lock()
+	seen := map[devKey]bool{}
+	for _, dev := range h.conns[appUser{app, user}] { // user's devices watching others
+		d := devKey{app, user, dev}
+		if seen[d] {
+			continue
+		}
+		seen[d] = true
+		for _, t := range h.watching[d] {
+			if other(t) {
+				ws = append(ws, watch{d, t})
+			}
+		}
+	}
+	for d := range h.watchers[appUser{app, user}] { // others' devices watching user
+		if other(d.user) {
+			ws = append(ws, watch{d, user})
+		}
+	}
+	h.mu.Unlock()
+	mine := map[string]*map[string]bool{} // per viewer, for mayWatch
+	for _, w := range ws {
+		if mine[w.d.user] == nil {
+			mine[w.d.user] = new(map[string]bool)
+		}
+		if ok, err := s.mayWatch(ctx, app, w.d.user, w.target, mine[w.d.user]); err == nil && ok {
+			continue
+		}
+		s.dropWatch(w.d, w.target) // not allowed, or not known to be: fail closed
+	}
+}
+
+// recheckAfterLeaving rechecks the watches between users who just left
+// conv (or were removed) and its remaining members.
+func (s *Service) recheckAfterLeaving(ctx context.Context, app, conv string, gone []string) {
+	v, err := s.view(ctx, app, conv)
+	if err != nil {
+		return
+	}
+	for _, u := range gone {
+		s.recheckWatches(ctx, app, u, func(o string) bool { return v.role(o) != "" })
+	}
+}
+
+// dropWatch ends device d's watch of target.
+func (s *Service) dropWatch(d devKey, target string) {
+	h := &s.presence
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := appUser{d.app, target}
+	delete(h.watchers[k], d)
+	if len(h.watchers[k]) == 0 {
+		delete(h.watchers, k)
+	}
+	list := h.watching[d]
+	for i, u := range list {
+		if u == target {
+			h.watching[d] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(h.watching[d]) == 0 {
+		delete(h.watching, d)
+	}
 }
 
 // privacyCache holds users' presence privacy settings (per process; every
