@@ -327,6 +327,11 @@ func (s *Service) callDeviceGone(app, user, device string) {
 	}
 	var calls []gone
 	s.calls.mu.Lock()
+	if s.calls.users[app+"/"+user] == 0 {
+		// In no call (every disconnect comes here): no scan of the table.
+		s.calls.mu.Unlock()
+		return
+	}
 	for key, c := range s.calls.m {
 		if c.app == app && (c.caller == user && c.callerDev == device || c.callee == user && c.calleeDev == device) {
 			calls = append(calls, gone{key, c})
