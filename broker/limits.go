@@ -303,7 +303,7 @@ func (s *Server) wireLimits() error {
 		return err
 	}
 	s.closers = append(s.closers, l.Stop)
-	if err := s.mqtt.AddHook(l, nil); err != nil {
+	if err := s.addHook(l, nil); err != nil {
 		return err
 	}
 	s.limits = l

@@ -75,6 +75,9 @@ type guardOptions struct {
 	writeTimeout   time.Duration
 	metrics        *Metrics
 	log            *slog.Logger
+	// afterPanic, if set, finishes the disconnect of the client on conn
+	// (the wrapped connection) whose handler panicked.
+	afterPanic func(conn net.Conn, err error)
 }
 
 func (o guardOptions) wrap(c net.Conn) net.Conn {
@@ -94,6 +97,7 @@ func (o guardOptions) wrap(c net.Conn) net.Conn {
 // establish runs the broker's connection handler for c, containing any panic
 // to this one connection.
 func (o guardOptions) establish(listener string, c net.Conn, establish listeners.EstablishFn) {
+	w := o.wrap(c)
 	defer func() {
 		if r := recover(); r != nil {
 			o.metrics.Malformed.Inc()
@@ -101,9 +105,12 @@ func (o guardOptions) establish(listener string, c net.Conn, establish listeners
 			o.log.Error("connection handler panicked; connection closed", "listener", listener,
 				"remote", c.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			_ = c.Close()
+			if o.afterPanic != nil {
+				o.afterPanic(w, fmt.Errorf("connection handler panicked: %v", r))
+			}
 		}
 	}()
-	if err := establish(listener, o.wrap(c)); err != nil {
+	if err := establish(listener, w); err != nil {
 		o.log.Debug("connection ended", "listener", listener, "remote", c.RemoteAddr().String(), "error", err)
 	}
 }

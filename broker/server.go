@@ -84,6 +84,7 @@ type Server struct {
 
 	identity   *identity.Service
 	principals *hooks.Principals
+	hooks      []mqtt.Hook // every hook added to the broker, in order (addHook)
 	auth       *hooks.Auth
 	acl        *hooks.ACL
 	chat       *chat.Service
@@ -165,17 +166,17 @@ func New(cfg Config, opts Options) (_ *Server, err error) {
 		return atomic.LoadInt64(&i.BytesReceived), atomic.LoadInt64(&i.BytesSent),
 			atomic.LoadInt64(&i.Inflight), atomic.LoadInt64(&i.Retained), atomic.LoadInt64(&i.Subscriptions)
 	})
-	if err := s.mqtt.AddHook(newMetricsHook(s.metrics), nil); err != nil {
+	if err := s.addHook(newMetricsHook(s.metrics), nil); err != nil {
 		return nil, err
 	}
-	if err := s.mqtt.AddHook(&keepaliveHook{max: uint16(cfg.MQTT.MaxKeepalive.D() / time.Second)}, nil); err != nil {
+	if err := s.addHook(&keepaliveHook{max: uint16(cfg.MQTT.MaxKeepalive.D() / time.Second)}, nil); err != nil {
 		return nil, err
 	}
-	if err := s.mqtt.AddHook(hooks.NewSessions(s.db.KV("q/"), log.With("component", "sessions")), nil); err != nil {
+	if err := s.addHook(hooks.NewSessions(s.db.KV("q/"), log.With("component", "sessions")), nil); err != nil {
 		return nil, err
 	}
 	for _, h := range opts.Hooks {
-		if err := s.mqtt.AddHook(h, nil); err != nil {
+		if err := s.addHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add hook %s: %w", h.ID(), err)
 		}
 	}
@@ -240,6 +241,7 @@ func (s *Server) guardOptions() guardOptions {
 		maxPacket:      s.cfg.MQTT.MaxPacketSize,
 		connectTimeout: s.cfg.MQTT.ConnectTimeout.D(),
 		writeTimeout:   s.cfg.MQTT.WriteTimeout.D(),
+		afterPanic:     s.afterPanic,
 		metrics:        s.metrics,
 		log:            s.log.With("component", "listener"),
 	}
@@ -386,6 +388,62 @@ func debugIndex(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pprof.Index(w, r)
+}
+
+// addHook adds a hook to the broker and remembers it, so that afterPanic
+// can still run every hook's OnDisconnect.
+func (s *Server) addHook(h mqtt.Hook, config any) error {
+	if err := s.mqtt.AddHook(h, config); err != nil {
+		return err
+	}
+	s.hooks = append(s.hooks, h)
+	return nil
+}
+
+// afterPanic finishes what the broker leaves undone when a connection's
+// handler panics (the packet guard and the hooks' own recovers make that
+// rare; it is always a bug): the broker's connection handler unwinds
+// without the end of its normal disconnect, so the client would stay in
+// the client list and every hook that counts or tracks connections (app
+// connection quotas, principals, pending uplinks) would never hear of its
+// end. Here the client is found by its connection, its will is published,
+// every hook gets OnDisconnect, and a session that ends with the
+// connection is removed, as the broker does after a read error.
+func (s *Server) afterPanic(conn net.Conn, err error) {
+	var cl *mqtt.Client
+	for _, c := range s.mqtt.Clients.GetAll() {
+		if c.Net.Conn == conn {
+			cl = c
+			break
+		}
+	}
+	if cl == nil {
+		return // it panicked before the CONNECT was handled
+	}
+	cl.Stop(err)
+	if w := cl.Properties.Will; w.Flag > 0 && w.TopicName != "" {
+		cl.Properties.Will = mqtt.Will{}
+		_ = s.mqtt.Publish(w.TopicName, w.Payload, w.Retain, w.Qos)
+	}
+	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	for _, h := range s.hooks {
+		if h.Provides(mqtt.OnDisconnect) {
+			func() {
+				defer func() {
+					if r := recover(); r != nil {
+						s.log.Error("hook panicked in OnDisconnect after a connection panic", "hook", h.ID(), "panic", fmt.Sprint(r))
+					}
+				}()
+				h.OnDisconnect(cl, err, expire)
+			}()
+		}
+	}
+	if expire && !cl.IsTakenOver() {
+		cl.ClearInflights()
+		s.mqtt.UnsubscribeClient(cl)
+		s.mqtt.Clients.Delete(cl.ID)
+	}
 }
 
 // loopbackOnly refuses requests that do not come from a loopback address.

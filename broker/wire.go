@@ -55,10 +55,10 @@ func (s *Server) wireIdentity() error {
 		return err
 	}
 	s.acl = acl
-	if err := s.mqtt.AddHook(s.auth, nil); err != nil {
+	if err := s.addHook(s.auth, nil); err != nil {
 		return err
 	}
-	if err := s.mqtt.AddHook(s.acl, nil); err != nil {
+	if err := s.addHook(s.acl, nil); err != nil {
 		return err
 	}
 	api.NewIdentityAPI(api.IdentityOptions{Service: b.Service, MQTTAddr: s.publicMQTTAddr}).Register(s.mux)
@@ -111,7 +111,7 @@ func (s *Server) wireChat() error {
 	if err != nil {
 		return err
 	}
-	if err := s.mqtt.AddHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat"), Overload: s.overload}); err != nil {
+	if err := s.addHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat"), Overload: s.overload}); err != nil {
 		return fmt.Errorf("chat hook: %w", err)
 	}
 	if err := s.wireBroadcast(svc); err != nil {

@@ -10,7 +10,7 @@ import (
 // broadcasts pass through), and its metrics.
 func (s *Server) wireBroadcast(svc *chat.Service) error {
 	h := hooks.NewBroadcast()
-	if err := s.mqtt.AddHook(h, &hooks.BroadcastOptions{Service: svc, Logger: s.log.With("component", "broadcast")}); err != nil {
+	if err := s.addHook(h, &hooks.BroadcastOptions{Service: svc, Logger: s.log.With("component", "broadcast")}); err != nil {
 		return err
 	}
 	s.metrics.Registry.MustRegister(countersFunc("warbler_broadcasts_total",

@@ -15,7 +15,7 @@ func (s *Server) wireOverload() error {
 		Logger: s.log.With("component", "overload"),
 	})
 	s.closers = append(s.closers, o.Stop)
-	if err := s.mqtt.AddHook(o, nil); err != nil {
+	if err := s.addHook(o, nil); err != nil {
 		return err
 	}
 	s.overload = o
