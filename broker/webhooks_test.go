@@ -586,7 +586,7 @@ func TestWebhooksConfigValidation(t *testing.T) {
 	for _, mod := range []func(*WebhooksConfig){
 		func(c *WebhooksConfig) { c.AllowCIDRs = []string{"10.0.0.0"} },
 		func(c *WebhooksConfig) { c.Workers = 0 },
-		func(c *WebhooksConfig) { c.PerEndpoint = 0 },
+		func(c *WebhooksConfig) { c.PerEndpoint = -1 },
 		func(c *WebhooksConfig) { c.RetryMax = c.RetryBase / 2 },
 		func(c *WebhooksConfig) { c.DisableAfter = -1 },
 	} {

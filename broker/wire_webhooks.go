@@ -27,8 +27,10 @@ type WebhooksConfig struct {
 	AllowCIDRs []string `yaml:"allow_cidrs"`
 	// Workers bounds the requests in flight over all endpoints (16).
 	Workers int `yaml:"workers"`
-	// PerEndpoint bounds the requests in flight to one endpoint (4), so
-	// that a slow receiver cannot hold every worker.
+	// PerEndpoint bounds the requests in flight to one endpoint (0: no
+	// bound but Workers), so that a slow receiver cannot hold every
+	// worker; deliveries over it wait in the queue for 200 ms, which costs
+	// a single busy endpoint throughput (see webhook.Options).
 	PerEndpoint int `yaml:"per_endpoint"`
 	// Timeout bounds one request up to the response headers (10s).
 	Timeout Duration `yaml:"timeout"`
@@ -50,7 +52,7 @@ type WebhooksConfig struct {
 // DefaultWebhooks returns the webhook defaults.
 func DefaultWebhooks() WebhooksConfig {
 	return WebhooksConfig{
-		Workers: 16, PerEndpoint: 4, Timeout: Duration(10 * time.Second), MaxAttempts: 15,
+		Workers: 16, Timeout: Duration(10 * time.Second), MaxAttempts: 15,
 		RetryBase: Duration(5 * time.Second), RetryMax: Duration(time.Hour),
 		DisableAfter: Duration(72 * time.Hour), Retention: Duration(72 * time.Hour), MaxEndpoints: 16,
 	}
@@ -61,8 +63,8 @@ func (c *WebhooksConfig) Validate() error {
 	if _, err := c.allow(); err != nil {
 		return err
 	}
-	if c.Workers < 1 || c.PerEndpoint < 1 || c.MaxAttempts < 1 || c.MaxEndpoints < 1 {
-		return errors.New("config: webhooks.workers, per_endpoint, max_attempts and max_endpoints must be positive")
+	if c.Workers < 1 || c.PerEndpoint < 0 || c.MaxAttempts < 1 || c.MaxEndpoints < 1 {
+		return errors.New("config: webhooks.workers, max_attempts and max_endpoints must be positive, per_endpoint not negative")
 	}
 	if c.Timeout.D() <= 0 || c.RetryBase.D() <= 0 || c.RetryMax.D() < c.RetryBase.D() || c.Retention.D() <= 0 || c.DisableAfter.D() < 0 {
 		return errors.New("config: webhooks.timeout, retry_base and retention must be positive, retry_max at least retry_base, disable_after not negative")

@@ -50,10 +50,12 @@ type Options struct {
 	Guard *Guard
 	// Workers bounds the requests in flight over all endpoints (16).
 	Workers int
-	// PerEndpoint bounds the requests in flight to one endpoint (a quarter
-	// of Workers, at least 1), so that one slow receiver cannot take every
-	// worker from the others. A due delivery whose endpoint is at the
-	// bound waits for a moment in the queue.
+	// PerEndpoint bounds the requests in flight to one endpoint (0: up to
+	// Workers, no bound of its own), so that one slow receiver cannot take
+	// every worker from the others. The queue is one, in due order: a due
+	// delivery whose endpoint is at the bound goes back to the queue for
+	// 200 ms (or Poll if shorter), which costs a busy endpoint throughput;
+	// set it where many apps share a server and fairness matters more.
 	PerEndpoint int
 	// Timeout bounds one request, from dialing to the end of the response
 	// headers (10 s).
@@ -167,8 +169,8 @@ func New(o Options) (*Service, error) {
 	if o.Workers <= 0 {
 		o.Workers = 16
 	}
-	if o.PerEndpoint <= 0 {
-		o.PerEndpoint = max(1, o.Workers/4)
+	if o.PerEndpoint <= 0 || o.PerEndpoint > o.Workers {
+		o.PerEndpoint = o.Workers
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
