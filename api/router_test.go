@@ -231,3 +231,25 @@ func TestRouterRecoversPanics(t *testing.T) {
 		t.Fatalf("after a panic: %d", resp.StatusCode)
 	}
 }
+
+// FuzzAcceptsGzip feeds arbitrary Accept-Encoding values to the parser:
+// it must not panic, must refuse a value that names neither gzip nor "*",
+// and must refuse gzip that the value itself gives q=0.
+func FuzzAcceptsGzip(f *testing.F) {
+	for _, s := range []string{"gzip", "gzip;q=0", "*;q=0.5, gzip;q=0", "deflate, br", "GZIP ; Q=1", ";;,,=", "*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		got := acceptsGzip(h)
+		l := strings.ToLower(h)
+		if got && !strings.Contains(l, "gzip") && !strings.Contains(l, "*") {
+			t.Fatalf("acceptsGzip(%q) = true without gzip or *", h)
+		}
+		if got && acceptsGzip(h+", gzip;q=0") {
+			// An explicit gzip;q=0 wins unless an earlier gzip entry decided.
+			if !strings.Contains(l, "gzip") {
+				t.Fatalf("acceptsGzip(%q) ignores a later gzip;q=0", h+", gzip;q=0")
+			}
+		}
+	})
+}
