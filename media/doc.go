@@ -41,6 +41,8 @@
 //
 // An upload no message has referred to within OrphanTTL (24 h by default)
 // is removed by Sweep, as is a resumable upload left unfinished that long.
+// The store keeps an index of the files no message refers to, so a sweep
+// reads only those.
 //
 // A deployment of several processes needs the media directory on shared
 // storage; the blob lock here is per process.

@@ -23,20 +23,14 @@ type SweepStats struct {
 func (s *Service) Sweep(ctx context.Context) (SweepStats, error) {
 	var st SweepStats
 	cutoff := s.o.Now().Add(-s.o.OrphanTTL).UnixMilli()
-	var files []storage.File
-	err := s.store.WalkFiles(ctx, func(f storage.File) error {
-		if !f.Linked && f.Created < cutoff {
-			files = append(files, f)
+	err := s.store.WalkOrphans(ctx, func(app, id string, created int64) error {
+		if created >= cutoff {
+			return nil
 		}
-		return nil
+		return s.removeFile(ctx, app, id, &st)
 	})
 	if err != nil {
 		return st, err
-	}
-	for _, f := range files {
-		if err := s.removeFile(ctx, f, &st); err != nil {
-			return st, err
-		}
 	}
 	var ups []storage.Upload
 	err = s.store.WalkUploads(ctx, func(u storage.Upload) error {
@@ -55,22 +49,22 @@ func (s *Service) Sweep(ctx context.Context) (SweepStats, error) {
 	return st, nil
 }
 
-func (s *Service) removeFile(ctx context.Context, f storage.File, st *SweepStats) error {
+func (s *Service) removeFile(ctx context.Context, app, id string, st *SweepStats) error {
 	s.blobMu.Lock()
 	defer s.blobMu.Unlock()
 	// Re-read under the lock: a message may have linked it meanwhile.
-	cur, err := s.store.GetFile(ctx, f.App, f.ID)
+	f, err := s.store.GetFile(ctx, app, id)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	if cur.Linked {
+	if f.Linked {
 		return nil
 	}
-	left, err := s.store.DeleteFile(ctx, f.App, f.ID)
-	if err != nil {
+	deleted, left, err := s.store.DeleteOrphan(ctx, f.App, f.ID)
+	if err != nil || !deleted {
 		return err
 	}
 	st.Files++

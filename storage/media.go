@@ -59,14 +59,21 @@ type MediaStore interface {
 	// one). ErrNotFound if there is no such file. The write is durable
 	// once the next Sync (or synced write) returns.
 	LinkFile(ctx context.Context, app, id, conv string, seq uint64) (File, error)
-	// DeleteFile removes the record; a missing one is not an error. It
-	// returns how many records of any app still refer to the same blob.
-	DeleteFile(ctx context.Context, app, id string) (remaining int, err error)
+	// DeleteOrphan removes the record if it is not linked, atomically with
+	// that check (a LinkFile racing with it either wins, and the record
+	// stays, or finds no record). It reports whether it deleted it (a
+	// missing record is not an error) and how many records of any app
+	// still refer to the same blob.
+	DeleteOrphan(ctx context.Context, app, id string) (deleted bool, remaining int, err error)
 	// BlobRefs is how many file records refer to the blob sha256.
 	BlobRefs(ctx context.Context, sha256 string) (int, error)
 	// WalkFiles calls fn for every file record until fn returns an error.
 	// fn must not call the store.
 	WalkFiles(ctx context.Context, fn func(File) error) error
+	// WalkOrphans calls fn for every file that is not linked (no message
+	// refers to it), with when it was stored, until fn returns an error.
+	// fn may call the store.
+	WalkOrphans(ctx context.Context, fn func(app, id string, created int64) error) error
 
 	// PutUpload, GetUpload and DeleteUpload keep upload records
 	// (ErrNotFound for a missing one on Get); WalkUploads visits them all.

@@ -5,12 +5,14 @@ package badgerstore
 //	f/f/{app}/{id}             file record (JSON storage.File)
 //	f/h/{sha256}/{app}/{id}    blob reference: one per file record
 //	f/u/{app}/{id}             upload in progress (JSON storage.Upload)
+//	f/o/{app}/{id}             a file no message refers to yet: created (unix ms)
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 
 	badger "github.com/dgraph-io/badger/v4"
 
@@ -30,6 +32,7 @@ func blobRefKey(sha, app, id string) []byte {
 	return []byte("f/h/" + sha + "/" + app + "/" + id)
 }
 func uploadKey(app, id string) []byte { return []byte("f/u/" + app + "/" + id) }
+func orphanKey(app, id string) []byte { return []byte("f/o/" + app + "/" + id) }
 
 // PutFile implements storage.MediaStore.
 func (s *MediaStore) PutFile(ctx context.Context, f storage.File) error {
@@ -46,6 +49,13 @@ func (s *MediaStore) PutFile(ctx context.Context, f storage.File) error {
 			return err
 		}
 		if err := txn.Set(fileKey(f.App, f.ID), must(json.Marshal(f))); err != nil {
+			return err
+		}
+		if f.Linked {
+			if err := txn.Delete(orphanKey(f.App, f.ID)); err != nil {
+				return err
+			}
+		} else if err := txn.Set(orphanKey(f.App, f.ID), u64(uint64(f.Created))); err != nil {
 			return err
 		}
 		return txn.Set(blobRefKey(f.SHA256, f.App, f.ID), nil)
@@ -86,15 +96,19 @@ func (s *MediaStore) LinkFile(ctx context.Context, app, id, conv string, seq uin
 			}
 			f.Seqs[conv] = seq
 		}
+		if err := txn.Delete(orphanKey(app, id)); err != nil {
+			return err
+		}
 		return txn.Set(fileKey(app, id), must(json.Marshal(f)))
 	})
 	return f, err
 }
 
-// DeleteFile implements storage.MediaStore.
-func (s *MediaStore) DeleteFile(ctx context.Context, app, id string) (int, error) {
+// DeleteOrphan implements storage.MediaStore.
+func (s *MediaStore) DeleteOrphan(ctx context.Context, app, id string) (bool, int, error) {
 	var sha string
 	err := s.d.update(ctx, true, func(txn *badger.Txn) error {
+		sha = ""
 		var f storage.File
 		switch err := getJSON(txn, fileKey(app, id), &f); {
 		case errors.Is(err, storage.ErrNotFound):
@@ -102,16 +116,23 @@ func (s *MediaStore) DeleteFile(ctx context.Context, app, id string) (int, error
 		case err != nil:
 			return err
 		}
+		if f.Linked {
+			return nil
+		}
 		sha = f.SHA256
 		if err := txn.Delete(fileKey(app, id)); err != nil {
+			return err
+		}
+		if err := txn.Delete(orphanKey(app, id)); err != nil {
 			return err
 		}
 		return txn.Delete(blobRefKey(f.SHA256, app, id))
 	})
 	if err != nil || sha == "" {
-		return 0, err
+		return false, 0, err
 	}
-	return s.BlobRefs(ctx, sha)
+	n, err := s.BlobRefs(ctx, sha)
+	return true, n, err
 }
 
 // BlobRefs implements storage.MediaStore.
@@ -140,6 +161,46 @@ func (s *MediaStore) WalkFiles(ctx context.Context, fn func(storage.File) error)
 		}
 		return fn(f)
 	})
+}
+
+// WalkOrphans implements storage.MediaStore.
+func (s *MediaStore) WalkOrphans(ctx context.Context, fn func(app, id string, created int64) error) error {
+	type orphan struct {
+		app, id string
+		created int64
+	}
+	var all []orphan
+	err := s.d.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("f/o/"), PrefetchValues: true, PrefetchSize: 100})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			app, id, ok := strings.Cut(string(it.Item().Key()[len("f/o/"):]), "/")
+			if !ok {
+				continue
+			}
+			var created int64
+			if err := it.Item().Value(func(v []byte) error { created = int64(getU64(v)); return nil }); err != nil {
+				return err
+			}
+			all = append(all, orphan{app, id, created})
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if err := fn(o.app, o.id, o.created); err != nil {
+			if errors.Is(err, errStop) {
+				return nil
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 // PutUpload implements storage.MediaStore.
