@@ -189,3 +189,35 @@ func TestReplySizeBound(t *testing.T) {
 		t.Fatalf("tiny limit: %d hits, more %v", len(r.Hits), r.More)
 	}
 }
+
+// TestDroppedHandOffsAreReadFromTheLog: with a queue of one, most live
+// hand-offs are dropped; the indexer reads those messages from the log.
+func TestDroppedHandOffsAreReadFromTheLog(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	s, err := search.New(search.Options{Index: f.idx, Log: f.store, Convs: f.store, Access: access{"alice": {"team": 0, "other": 0}}, Queue: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := s.Start()
+	defer stop()
+	var ms []protocol.Message
+	for i := 0; i < 200; i++ {
+		ms = append(ms, f.append([]string{"team", "other"}[i%2], "text", map[string]string{"text": "flood message"}, nil, 0))
+	}
+	for _, m := range ms { // faster than the indexer takes them
+		s.Stored("demo", m)
+	}
+	waitFor(t, "every message indexed", func() bool {
+		r, _ := s.Search(ctx, "demo", "alice", "flood", "", 100)
+		return len(r.Hits) == 100
+	})
+	waitFor(t, "both cursors at the end", func() bool {
+		a, _ := f.idx.Cursor(ctx, "demo", "team")
+		b, _ := f.idx.Cursor(ctx, "demo", "other")
+		return a == 100 && b == 100
+	})
+	if s.Stats().Dropped == 0 {
+		t.Fatal("no hand-off was dropped; the test did not test the catch-up")
+	}
+}
