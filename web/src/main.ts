@@ -210,12 +210,16 @@ let connects = 0;
 function onState(s: string, detail?: string): void {
   const banner = $('banner');
   if (s === 'online') $('chat-view').dataset.connects = String(++connects);
+  else if (presence.size) {
+    presence.clear(); // stale until asked again after reconnecting
+    scheduleRender();
+  }
   const dot = $('conn-dot');
   dot.className = `dot ${s}`;
   $('conn-text').textContent = s === 'online' ? 'Connected' : s;
   if (s === 'reconnecting') {
     banner.hidden = false;
-    $('banner-text').textContent = `Connection lost — reconnecting…${detail ? ` (${detail})` : ''}`;
+    $('banner-text').textContent = `Connection lost — reconnecting…${detail && detail !== 'connection lost' ? ` (${detail})` : ''}`;
   } else if (s === 'connecting') {
     banner.hidden = false;
     $('banner-text').textContent = 'Connecting…';
