@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
+	"image/color"
 	"image/draw"
 	"image/gif"
 	"image/jpeg"
@@ -113,68 +114,71 @@ func fit(w, h, box int) (int, int) {
 	return max(1, (w*box+h/2)/h), box
 }
 
-// Scale resamples img to w x h with a box filter: each output pixel is the
-// average of the source pixels it covers (weighted by coverage), which is
-// what downscaling photos needs and costs one pass over the source. The
-// source is first converted to RGBA with image/draw, which has fast paths
-// for the codecs' own image types.
+// Scale shrinks img to w x h (no larger than img) with a box filter: each
+// output pixel is the average of the block of source pixels it covers,
+// which is what downscaling photos needs, in one pass of integer sums over
+// the source. JPEG's YCbCr images are averaged in YCbCr, straight from
+// their planes; other images are first converted to RGBA with image/draw
+// and averaged with premultiplied alpha.
 func Scale(img image.Image, w, h int) *image.NRGBA {
 	b := img.Bounds()
-	src := image.NewRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
-	draw.Draw(src, src.Bounds(), img, b.Min, draw.Src)
 	sw, sh := b.Dx(), b.Dy()
+	w, h = max(1, min(w, sw)), max(1, min(h, sh))
+	xs := make([]int, w+1)
+	for i := range xs {
+		xs[i] = i * sw / w
+	}
+	ys := make([]int, h+1)
+	for i := range ys {
+		ys[i] = i * sh / h
+	}
 	dst := image.NewNRGBA(image.Rect(0, 0, w, h))
-	// Accumulate premultiplied channels per output pixel, row by row.
-	acc := make([]float64, w*4)
-	wts := make([]float64, w)
-	fx := float64(sw) / float64(w)
-	fy := float64(sh) / float64(h)
-	for dy := 0; dy < h; dy++ {
-		clear(acc)
-		clear(wts)
-		y0, y1 := float64(dy)*fy, float64(dy+1)*fy
-		for sy := int(y0); sy < sh && float64(sy) < y1; sy++ {
-			wy := min(y1, float64(sy+1)) - max(y0, float64(sy))
-			row := src.Pix[sy*src.Stride:]
+	if yc, ok := img.(*image.YCbCr); ok {
+		for dy := 0; dy < h; dy++ {
+			out := dst.Pix[dy*dst.Stride:]
 			for dx := 0; dx < w; dx++ {
-				x0, x1 := float64(dx)*fx, float64(dx+1)*fx
-				for sx := int(x0); sx < sw && float64(sx) < x1; sx++ {
-					wt := wy * (min(x1, float64(sx+1)) - max(x0, float64(sx)))
-					p := row[sx*4 : sx*4+4]
-					acc[dx*4] += wt * float64(p[0])
-					acc[dx*4+1] += wt * float64(p[1])
-					acc[dx*4+2] += wt * float64(p[2])
-					acc[dx*4+3] += wt * float64(p[3])
-					wts[dx] += wt
+				var sy, scb, scr, n uint64
+				for y := ys[dy]; y < ys[dy+1]; y++ {
+					for x := xs[dx]; x < xs[dx+1]; x++ {
+						px, py := b.Min.X+x, b.Min.Y+y
+						sy += uint64(yc.Y[yc.YOffset(px, py)])
+						ci := yc.COffset(px, py)
+						scb += uint64(yc.Cb[ci])
+						scr += uint64(yc.Cr[ci])
+						n++
+					}
 				}
+				r, g, bb := color.YCbCrToRGB(uint8((sy+n/2)/n), uint8((scb+n/2)/n), uint8((scr+n/2)/n))
+				out[dx*4], out[dx*4+1], out[dx*4+2], out[dx*4+3] = r, g, bb, 255
 			}
 		}
+		return dst
+	}
+	src := image.NewRGBA(image.Rect(0, 0, sw, sh))
+	draw.Draw(src, src.Bounds(), img, b.Min, draw.Src)
+	for dy := 0; dy < h; dy++ {
 		out := dst.Pix[dy*dst.Stride:]
 		for dx := 0; dx < w; dx++ {
-			if wts[dx] == 0 {
+			var sr, sg, sb, sa, n uint64
+			for y := ys[dy]; y < ys[dy+1]; y++ {
+				row := src.Pix[y*src.Stride+xs[dx]*4 : y*src.Stride+xs[dx+1]*4]
+				for k := 0; k < len(row); k += 4 {
+					sr += uint64(row[k])
+					sg += uint64(row[k+1])
+					sb += uint64(row[k+2])
+					sa += uint64(row[k+3])
+					n++
+				}
+			}
+			if sa == 0 {
 				continue
 			}
-			a := acc[dx*4+3] / wts[dx]
-			if a <= 0 {
-				continue
-			}
-			// un-premultiply into NRGBA
-			out[dx*4] = clamp8(acc[dx*4] / wts[dx] * 255 / a)
-			out[dx*4+1] = clamp8(acc[dx*4+1] / wts[dx] * 255 / a)
-			out[dx*4+2] = clamp8(acc[dx*4+2] / wts[dx] * 255 / a)
-			out[dx*4+3] = clamp8(a)
+			// Un-premultiply: channel sums over the alpha sum.
+			out[dx*4] = uint8(min(255, (sr*255+sa/2)/sa))
+			out[dx*4+1] = uint8(min(255, (sg*255+sa/2)/sa))
+			out[dx*4+2] = uint8(min(255, (sb*255+sa/2)/sa))
+			out[dx*4+3] = uint8((sa + n/2) / n)
 		}
 	}
 	return dst
-}
-
-func clamp8(v float64) uint8 {
-	v += 0.5
-	if v < 0 {
-		return 0
-	}
-	if v > 255 {
-		return 255
-	}
-	return uint8(v)
 }

@@ -50,7 +50,7 @@ func (c *clock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newService(t *testing.T, o media.Options) (*media.Service, string) {
+func newService(t testing.TB, o media.Options) (*media.Service, string) {
 	t.Helper()
 	db, err := badgerstore.Open(t.TempDir(), badgerstore.Options{})
 	if err != nil {
