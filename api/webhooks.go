@@ -11,6 +11,7 @@ package api
 //	POST   /v1/apps/{app}/webhooks/{id}/test                       queue a webhook.test event
 //	GET    /v1/apps/{app}/webhooks/{id}/deliveries?before=&limit=  delivery log, newest first
 //	GET    /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}      one delivery with its payload
+//	POST   /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/redeliver  send a finished delivery's event again
 //
 // Webhooks see every message of the app, so they need the admin key or an
 // app key with the "admin" scope, like reading conversations does.
@@ -54,6 +55,7 @@ func (a *WebhookAPI) Register(mux Mux) {
 	h("POST /v1/apps/{app}/webhooks/{id}/test", a.test)
 	h("GET /v1/apps/{app}/webhooks/{id}/deliveries", a.deliveries)
 	h("GET /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}", a.delivery)
+	h("POST /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/redeliver", a.redeliver)
 }
 
 // webhookBodyLimit bounds a request body of these routes.
@@ -66,6 +68,8 @@ func webhookErr(err error) error {
 		return Errorf(http.StatusBadRequest, "invalid", "%s", inv.Msg)
 	case errors.Is(err, webhook.ErrNotFound):
 		return ErrNotFound
+	case errors.Is(err, webhook.ErrPending):
+		return Errorf(http.StatusConflict, "pending", "the delivery is still queued or being sent")
 	case errors.Is(err, webhook.ErrLimit):
 		return Errorf(http.StatusConflict, "limit", "the app has as many webhook endpoints as it may")
 	}
@@ -276,5 +280,18 @@ func (a *WebhookAPI) delivery(w http.ResponseWriter, r *http.Request) error {
 		return webhookErr(err)
 	}
 	WriteJSON(w, http.StatusOK, deliveryView(d, true))
+	return nil
+}
+
+func (a *WebhookAPI) redeliver(w http.ResponseWriter, r *http.Request) error {
+	app, err := a.app(r)
+	if err != nil {
+		return err
+	}
+	d, err := a.svc.Redeliver(r.Context(), app, r.PathValue("id"), r.PathValue("delivery"))
+	if err != nil {
+		return webhookErr(err)
+	}
+	WriteJSON(w, http.StatusAccepted, deliveryView(d, false))
 	return nil
 }

@@ -367,6 +367,11 @@ func routeCases(t *testing.T) []routeCase {
 		{route: "GET /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}", path: func(e *apiEnv) string {
 			return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/deliveries/" + e.vars["webhook_delivery"]
 		}, auth: "key:admin", lacking: "acme:users", want: 200},
+		{route: "POST /v1/apps/{app}/webhooks/{id}/deliveries/{delivery}/redeliver", path: func(e *apiEnv) string {
+			// The test delivery has been sent by now (or the answer is 409).
+			waitDelivered(t, e, e.vars["webhook"], e.vars["webhook_delivery"])
+			return "/v1/apps/acme/webhooks/" + e.vars["webhook"] + "/deliveries/" + e.vars["webhook_delivery"] + "/redeliver"
+		}, auth: "key:admin", lacking: "acme:users", want: 202},
 		{route: "DELETE /v1/apps/{app}/webhooks/{id}", path: func(e *apiEnv) string { return "/v1/apps/acme/webhooks/" + e.vars["webhook"] }, auth: "key:admin", lacking: "acme:users", want: 204},
 
 		// Audience: labels, bulk users, events, segments; targeted push.

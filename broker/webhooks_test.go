@@ -331,17 +331,41 @@ func TestWebhookRetriedThroughFailingReceiver(t *testing.T) {
 			t.Fatalf("delivery: %d %v", code, d)
 		}
 	}
-	// The metrics count the attempts by result, and the queue is empty.
-	resp, err := http.Get("http://" + s.Addrs().HTTP + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	// Sent again on request: a new delivery of the same event.
+	code, out = keyCall(t, s, admin, "POST", "/v1/apps/demo/webhooks/"+id+"/deliveries/"+delivery+"/redeliver", nil)
+	if code != http.StatusAccepted || out["event_id"] != ids[0] || out["id"] == delivery {
+		t.Fatalf("redeliver: %d %v", code, out)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{`warbler_webhook_attempts_total{result="retry"} 2`, `warbler_webhook_attempts_total{result="success"} 1`,
-		"warbler_webhook_queue_depth 0", `warbler_webhook_events_total{type="webhook.test"} 1`, "warbler_webhook_inflight "} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+	again := recv.wait(t, "the redelivery", func(hookEvent) bool { return true })
+	verifySignature(t, again, secret)
+	if again.ID != ids[0] || again.header.Get("Warbler-Delivery-Id") != out["id"] {
+		t.Fatalf("redelivery event %s delivery %s", again.ID, again.header.Get("Warbler-Delivery-Id"))
+	}
+	if code, _ := keyCall(t, s, admin, "POST", "/v1/apps/demo/webhooks/"+id+"/deliveries/wd_none/redeliver", nil); code != http.StatusNotFound {
+		t.Fatalf("redeliver of an unknown delivery: %d", code)
+	}
+
+	// The metrics count the attempts by result, and the queue empties.
+	wants := []string{`warbler_webhook_attempts_total{result="retry"} 2`, `warbler_webhook_attempts_total{result="success"} 2`,
+		"warbler_webhook_queue_depth 0", `warbler_webhook_events_total{type="webhook.test"} 1`, "warbler_webhook_inflight "}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.Get("http://" + s.Addrs().HTTP + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		missing := ""
+		for _, want := range wants {
+			if !strings.Contains(string(body), want) {
+				missing = want
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q", missing)
 		}
 	}
 }
@@ -687,5 +711,21 @@ func TestWebhookCatchUpAfterLostHandoff(t *testing.T) {
 	id := out["webhooks"].([]any)[0].(map[string]any)["id"].(string)
 	if code, out := keyCall(t, s, adminKey(t, s), "GET", "/v1/apps/demo/webhooks/"+id+"/deliveries", nil); code != 200 || len(out["deliveries"].([]any)) != 3 {
 		t.Fatalf("deliveries: %d %v", code, out)
+	}
+}
+
+// waitDelivered waits until a delivery of acme's endpoint is finished.
+func waitDelivered(t *testing.T, e *apiEnv, endpoint, delivery string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r := e.do("GET", "/v1/apps/acme/webhooks/"+endpoint+"/deliveries/"+delivery, e.admin, nil)
+		if st, _ := r.body["state"].(string); st == "succeeded" || st == "failed" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("delivery %s not finished: %s", delivery, r.raw)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -32,6 +32,8 @@ var (
 	ErrLimit = errors.New("webhook: too many endpoints")
 	// ErrClosed: the service is stopping.
 	ErrClosed = errors.New("webhook: closed")
+	// ErrPending: the delivery is still queued or being sent.
+	ErrPending = errors.New("webhook: delivery not finished")
 )
 
 // InvalidError reports a bad endpoint field; its text is safe to show.
@@ -521,6 +523,28 @@ func (s *Service) Deliveries(ctx context.Context, app, id, before string, limit 
 func (s *Service) Delivery(ctx context.Context, app, id, delivery string) (storage.WebhookDelivery, error) {
 	d, err := s.store.GetWebhookDelivery(ctx, app, id, delivery)
 	return d, notFound(err)
+}
+
+// Redeliver queues a finished delivery's event again for its endpoint
+// (after an outage, or once a disabled endpoint is enabled again): a new
+// delivery with the same event ID and payload. A delivery still queued or
+// being sent is ErrPending.
+func (s *Service) Redeliver(ctx context.Context, app, id, delivery string) (storage.WebhookDelivery, error) {
+	d, err := s.store.GetWebhookDelivery(ctx, app, id, delivery)
+	if err != nil {
+		return storage.WebhookDelivery{}, notFound(err)
+	}
+	if d.State != storage.WebhookSucceeded && d.State != storage.WebhookFailed {
+		return storage.WebhookDelivery{}, ErrPending
+	}
+	now := s.now()
+	nd := storage.WebhookDelivery{ID: newID("wd_", now), App: app, Endpoint: id, EventID: d.EventID, EventType: d.EventType,
+		Payload: d.Payload, State: storage.WebhookQueued, Due: now, CreatedAt: now.UTC(), UpdatedAt: now.UTC()}
+	if err := s.store.EnqueueWebhooks(ctx, []storage.WebhookDelivery{nd}, nil); err != nil {
+		return storage.WebhookDelivery{}, err
+	}
+	s.kick()
+	return nd, nil
 }
 
 // Test queues a webhook.test event for one endpoint (enabled or not) and
