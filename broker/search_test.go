@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/http"
@@ -139,5 +141,56 @@ func TestSearchOverMQTTAndHTTP(t *testing.T) {
 	}
 	if h := doHTTP(t, s, "GET", "/v1/me/search?q=", userToken(t, s, "bob"), nil, nil); h.status != http.StatusBadRequest {
 		t.Fatalf("HTTP empty query: %d", h.status)
+	}
+}
+
+// TestMediaAndSearchSurviveRestart: files, their records and the search
+// index are in the data dir; after a restart the same file downloads, the
+// same search finds the message, and the indexer carries on.
+func TestMediaAndSearchSurviveRestart(t *testing.T) {
+	cfg := loopbackConfig(t)
+	start := func() *Server {
+		s, err := New(cfg, Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+		return s
+	}
+	s := start()
+	alice := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "phone")
+	bob := chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "bob", "phone")
+	img := testPNG(t, 500, 100)
+	up := doHTTP(t, s, "POST", "/v1/files?name=sunset.png", userToken(t, s, "alice"), nil, bytes.NewReader(img))
+	id := up.json(t)["id"].(string)
+	alice.request(t, map[string]any{"to": "bob", "cmid": "s1", "type": "image", "attachment": id, "body": map[string]string{"text": "sunset 夕阳"}})
+	if got := searchUntil(t, bob, map[string]any{"q": "夕阳"}, protocol.DirectConvID("alice", "bob")+"/1 "); got == "" {
+		t.Fatal("not found before the restart")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	s = start()
+	bobTok := userToken(t, s, "bob")
+	if r := doHTTP(t, s, "GET", "/v1/files/"+id, bobTok, nil, nil); r.status != 200 || !bytes.Equal(r.body, img) {
+		t.Fatalf("download after the restart: %d", r.status)
+	}
+	if r := doHTTP(t, s, "GET", "/v1/files/"+id+"/thumb", bobTok, nil, nil); r.status != 200 {
+		t.Fatalf("thumbnail after the restart: %d", r.status)
+	}
+	alice = chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "alice", "phone")
+	alice.request(t, map[string]any{"to": "bob", "cmid": "s2", "type": "text", "body": map[string]string{"text": "another sunset"}})
+	bob = chatConnect(t, s, mqtttest.DialTCP(t, s.Addrs().MQTT), "bob", "phone")
+	conv := protocol.DirectConvID("alice", "bob")
+	// The first ranks higher: "sunset" twice (its caption and its file
+	// name, sunset.png).
+	if got := searchUntil(t, bob, map[string]any{"q": "sunset"}, conv+"/1 "+conv+"/2 "); got != conv+"/1 "+conv+"/2 " {
+		t.Fatalf("sunset after the restart: %q", got)
 	}
 }
