@@ -136,6 +136,16 @@ type ChatConfig struct {
 	MaxGroupSize int `yaml:"max_group_size"`
 	// MaxBody is the largest message body in bytes (65536).
 	MaxBody int `yaml:"max_body"`
+	// ChannelBroadcast delivers each message of a channel once, on the
+	// channel's broadcast topic w/{app}/b/{conv}, instead of as a copy on
+	// every member's downlink (false). Members then receive a channel
+	// live only while subscribed to its topic, which the ACL grants to
+	// members only; sync, history and the push to offline members are the
+	// same either way. It trades one publish per member (and no
+	// subscription to manage) for one publish per message plus a
+	// membership check per delivery, from memory: worth it for channels
+	// with large audiences.
+	ChannelBroadcast bool `yaml:"channel_broadcast"`
 }
 
 // HTTPConfig configures the HTTP listener: API, health, metrics, the web

@@ -107,12 +107,17 @@ func (s *Server) wireChat() error {
 			}
 			return err == nil, err
 		},
+
+		ChannelBroadcast: s.cfg.Chat.ChannelBroadcast,
 	})
 	if err != nil {
 		return err
 	}
 	if err := s.addHook(hook, &hooks.ChatOptions{Server: s.mqtt, Service: svc, Logger: s.log.With("component", "chat"), Overload: s.overload}); err != nil {
 		return fmt.Errorf("chat hook: %w", err)
+	}
+	if s.cfg.Chat.ChannelBroadcast && s.acl != nil {
+		s.acl.SetChannelAllowed(func(p *hooks.Principal, ch string) bool { return svc.MayReadBroadcast(p.App, ch, p.User) })
 	}
 	if err := s.wireBroadcast(svc); err != nil {
 		return fmt.Errorf("broadcast hook: %w", err)

@@ -58,10 +58,44 @@ type convCache struct {
 	size  int
 	gen   uint64
 	items map[appConv]*convView
+	// absent remembers names that are no conversation, for the checks
+	// that run on every delivery (MayReadBroadcast): a plain broadcast
+	// channel is looked up once, not once per delivery. Creating a
+	// conversation drops its name like any change (Invalidate).
+	absent map[appConv]struct{}
 }
 
+// absentMax bounds convCache.absent; when full, arbitrary names are
+// forgotten (and looked up again on their next use).
+const absentMax = 1 << 16
+
 func newConvCache(max int) *convCache {
-	return &convCache{max: max, items: map[appConv]*convView{}}
+	return &convCache{max: max, items: map[appConv]*convView{}, absent: map[appConv]struct{}{}}
+}
+
+// isAbsent reports whether k is remembered as no conversation.
+func (c *convCache) isAbsent(k appConv) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.absent[k]
+	return ok
+}
+
+// putAbsent remembers that k is no conversation, if nothing was
+// invalidated since generation gen.
+func (c *convCache) putAbsent(k appConv, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
+	for ek := range c.absent {
+		if len(c.absent) < absentMax {
+			break
+		}
+		delete(c.absent, ek)
+	}
+	c.absent[k] = struct{}{}
 }
 
 // get returns the cached view, and the generation to pass to put after a
@@ -101,6 +135,7 @@ func (c *convCache) drop(k appConv) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.gen++
+	delete(c.absent, k)
 	if old, ok := c.items[k]; ok {
 		c.size -= old.cost()
 		delete(c.items, k)

@@ -63,7 +63,9 @@
 // Options.ChannelBroadcast the message is published once on the channel's
 // broadcast topic instead (w/{app}/b/{conv}); that scales to large
 // audiences but members must subscribe to that topic, and the ACL must
-// allow it only to members. Either way sync and history work the same.
+// allow it only to members: Service.MayReadBroadcast answers that from the
+// conversation cache, for every subscription and every delivery. Either
+// way sync, history and the OnStored hand-off (push) work the same.
 //
 // # Operations on messages, and calls
 //

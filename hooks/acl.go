@@ -85,6 +85,11 @@ func (a *ACL) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return true
 }
 
+// SetChannelAllowed replaces ACLOptions.ChannelAllowed, for a server that
+// builds the answer (the chat service) after the ACL. Call it before the
+// broker serves clients; it is not safe to call concurrently with checks.
+func (a *ACL) SetChannelAllowed(f ChannelFunc) { a.chanOK = f }
+
 // Denials returns the number of refused checks by reason (refused
 // publishes, subscriptions and deliveries alike). Every reason is present.
 func (a *ACL) Denials() map[string]uint64 {
