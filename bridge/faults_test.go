@@ -104,7 +104,7 @@ func TestServiceUnavailable(t *testing.T) {
 
 // A provider that does not answer within SendTimeout is retried.
 func TestTimeout(t *testing.T) {
-	e := newEnv(t, func(o *bridge.Options) { o.SendTimeout = 300 * time.Millisecond })
+	e := newEnv(t, func(o *bridge.Options) { o.SendTimeout = time.Second })
 	never := make(chan struct{})
 	t.Cleanup(func() { close(never) })
 	e.apns.setRespond(func(r apnsReq, n int) reply {
@@ -124,11 +124,18 @@ func TestTimeout(t *testing.T) {
 	e.led.waitTerminal(t, e.store, wait, ids...)
 	for _, p := range []string{"apns", "fcm"} {
 		r := e.recOf(ids, p)
-		if r.State != storage.PushAccepted || r.Attempts != 2 {
-			t.Fatalf("%s record %s after %d attempts", p, r.State, r.Attempts)
+		// The first request never gets an answer; the next ones are
+		// answered at once, but on a busy machine one may still miss the
+		// deadline. So: accepted after at least two attempts, and every
+		// attempt before the last ended in a timeout.
+		timeouts := 0
+		for _, ev := range r.Events {
+			if ev.State == storage.PushQueued && strings.Contains(ev.Reason, "deadline exceeded") {
+				timeouts++
+			}
 		}
-		if !strings.Contains(toJSON(r.Events), "deadline exceeded") {
-			t.Fatalf("%s: no timeout in the history %+v", p, r.Events)
+		if r.State != storage.PushAccepted || r.Attempts < 2 || timeouts != r.Attempts-1 {
+			t.Fatalf("%s record %s after %d attempts, %d of them timed out: %+v", p, r.State, r.Attempts, timeouts, r.Events)
 		}
 	}
 }
