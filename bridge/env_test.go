@@ -147,6 +147,33 @@ func (l *ledger) wait(t testing.TB, d time.Duration, what string, cond func(map[
 	}
 }
 
+// waitProgress blocks until cond holds over the records, or fails when the
+// progress cond reports (a count of finished records, say) has not grown for
+// stall: a long, slow drain passes, a stuck one fails.
+func (l *ledger) waitProgress(t testing.TB, stall time.Duration, what string, cond func(map[string]storage.PushRecord) (int, bool)) {
+	t.Helper()
+	timer := time.NewTimer(stall)
+	defer timer.Stop()
+	last := -1
+	for {
+		l.mu.Lock()
+		n, ok := cond(l.state)
+		l.mu.Unlock()
+		if ok {
+			return
+		}
+		if n > last {
+			last = n
+			timer.Reset(stall)
+		}
+		select {
+		case <-l.changed:
+		case <-timer.C:
+			t.Fatalf("waiting for %s: no progress for %v (at %d)", what, stall, last)
+		}
+	}
+}
+
 // get returns a record from the store.
 func (e *env) get(id string) storage.PushRecord {
 	e.t.Helper()
