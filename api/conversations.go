@@ -6,6 +6,7 @@ package api
 //	POST   /v1/apps/{app}/conversations                          "users"  create a group or channel
 //	GET    /v1/apps/{app}/conversations/{conv}                   "users"  the conversation and its first members
 //	PATCH  /v1/apps/{app}/conversations/{conv}                   "users"  rename
+//	DELETE /v1/apps/{app}/conversations/{conv}                   "admin"  delete a group or channel with its log
 //	GET    /v1/apps/{app}/conversations/{conv}/members?after=&limit=  "users"
 //	POST   /v1/apps/{app}/conversations/{conv}/members           "users"  add {users, role?}
 //	PATCH  /v1/apps/{app}/conversations/{conv}/members/{user}    "users"  {role}
@@ -50,6 +51,7 @@ func (c *ChatAPI) registerConversations(mux Mux) {
 	h("POST /v1/apps/{app}/conversations", c.createConv)
 	h("GET /v1/apps/{app}/conversations/{conv}", c.getConv)
 	h("PATCH /v1/apps/{app}/conversations/{conv}", c.patchConv)
+	h("DELETE /v1/apps/{app}/conversations/{conv}", c.deleteConv)
 	h("GET /v1/apps/{app}/conversations/{conv}/members", c.listMembers)
 	h("POST /v1/apps/{app}/conversations/{conv}/members", c.addMembers)
 	h("PATCH /v1/apps/{app}/conversations/{conv}/members/{user}", c.patchMember)
@@ -330,6 +332,25 @@ func (c *ChatAPI) removeMember(w http.ResponseWriter, r *http.Request) error {
 		return Errorf(http.StatusNotFound, "not_found", "%s is not a member of %s", user, conv)
 	}
 	if _, err := c.svc.Remove(r.Context(), service(app), conv, []string{user}); err != nil {
+		return chatErr(err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// deleteConv deletes a group or channel, its members and its log, for
+// good (chat.Service.DeleteConversation). It needs the admin scope: unlike
+// the other routes here it destroys messages.
+func (c *ChatAPI) deleteConv(w http.ResponseWriter, r *http.Request) error {
+	app, err := c.auth.forApp(r, identity.ScopeAdmin)
+	if err != nil {
+		return err
+	}
+	conv, err := convParam(r)
+	if err != nil {
+		return err
+	}
+	if err := c.svc.DeleteConversation(r.Context(), service(app), conv); err != nil {
 		return chatErr(err)
 	}
 	w.WriteHeader(http.StatusNoContent)

@@ -296,6 +296,21 @@ func routeCases(t *testing.T) []routeCase {
 		{route: "PATCH /v1/apps/{app}/conversations/{conv}/members/{user}", path: p("/v1/apps/acme/conversations/team/members/cal"), auth: "key:users", lacking: "acme:publish", body: b(map[string]any{"role": "admin"}), want: 200},
 		{route: "DELETE /v1/apps/{app}/conversations/{conv}/members/{user}", path: p("/v1/apps/acme/conversations/team/members/dan"), auth: "key:users", lacking: "acme:publish", want: 204},
 		{route: "GET /v1/apps/{app}/users/{user}/conversations", path: p("/v1/apps/acme/users/alice/conversations"), auth: "key:users", lacking: "acme:publish", want: 200},
+		{route: "DELETE /v1/apps/{app}/conversations/{conv}", auth: "key:admin", lacking: "acme:users", want: 204,
+			path: func(e *apiEnv) string {
+				// A channel of its own to delete (made once; the path is
+				// asked for every request of the case).
+				if r := e.do("POST", "/v1/apps/acme/conversations", e.admin, map[string]any{"id": "doomed", "kind": "channel", "members": []string{"alice"}}); r.status != 201 && r.status != 409 {
+					t.Fatalf("create doomed: %d %s", r.status, r.raw)
+				}
+				return "/v1/apps/acme/conversations/doomed"
+			},
+			after: func(e *apiEnv, r apiResp) {
+				e.must(e.do("GET", "/v1/apps/acme/conversations/doomed", e.admin, nil), 404)
+				if l := e.must(e.do("GET", "/v1/apps/acme/users/alice/conversations", e.admin, nil), 200); strings.Contains(string(l.raw), "doomed") {
+					t.Errorf("deleted conversation still listed: %s", l.raw)
+				}
+			}},
 		{route: "POST /v1/apps/{app}/conversations/{conv}/messages", path: p("/v1/apps/acme/conversations/team/messages"), auth: "key:publish", lacking: "acme:push",
 			body: b(map[string]any{"body": map[string]string{"text": "from the service"}, "cmid": "svc-1"}), want: 201,
 			after: func(e *apiEnv, r apiResp) { e.vars["svc_seq"] = fmt.Sprint(r.body["seq"]) }},

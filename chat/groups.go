@@ -26,7 +26,7 @@ type CreateRequest struct {
 
 // event is the body of a system message.
 type event struct {
-	Event string   `json:"event"` // created, added, removed, left, role, renamed
+	Event string   `json:"event"` // created, added, removed, left, role, renamed, deleted
 	By    string   `json:"by"`
 	Users []string `json:"users,omitempty"`
 	Role  string   `json:"role,omitempty"`

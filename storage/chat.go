@@ -174,6 +174,13 @@ type Conversations interface {
 	// RenameConversation sets a conversation's name; ErrNotFound if there
 	// is no such conversation.
 	RenameConversation(ctx context.Context, app, conv, name string) error
+	// DeleteConversation deletes a conversation: its log first (in
+	// chunks), then in one transaction its record, head, members, the
+	// members' index entries and their devices' delivered positions. It
+	// returns the users who were members; ErrNotFound if there is no such
+	// conversation. If it fails part way, what is left is a conversation
+	// with part of its log, and calling it again finishes the job.
+	DeleteConversation(ctx context.Context, app, conv string) ([]string, error)
 	// UserConversations lists the IDs of the conversations user belongs
 	// to, in ID order from start (inclusive), at most limit (0 for all).
 	UserConversations(ctx context.Context, app, user, start string, limit int) ([]string, error)
