@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"strings"
 
 	"github.com/warblerim/warbler/protocol"
 	"github.com/warblerim/warbler/storage"
@@ -21,12 +22,12 @@ import (
 //
 // The deletion is idempotent in effect: if the store fails part way, the
 // conversation is still there (part of its log may be gone) and deleting
-// it again finishes the job. The ID may be used again, from seq 1.
-// Records kept about the conversation elsewhere are not deleted yet: the
-// group's settings and invites (chat records), and the search index's
-// postings and cursor for it, so a conversation re-created with the same
-// ID inherits those settings and has its first messages (up to the old
-// last seq) missing from search.
+// it again finishes the job. The ID may be used again, from seq 1. The
+// group's records go too (settings, per-member mutes, invites and their
+// tokens, join requests); the search index's postings and cursor for the
+// conversation are not deleted yet, so a conversation re-created with the
+// same ID has its first messages (up to the old last seq) missing from
+// search.
 func (s *Service) DeleteConversation(ctx context.Context, from Sender, conv string) error {
 	if !from.Service {
 		return protocol.Errorf(protocol.CodeForbidden, "only a backend service deletes conversations")
@@ -47,11 +48,42 @@ func (s *Service) DeleteConversation(ctx context.Context, from Sender, conv stri
 	if err := s.system(ctx, cs, from.App, c, from.User, event{Event: "deleted", By: from.User}, extra); err != nil {
 		return err
 	}
+	if err := s.forgetGroupRecords(ctx, from.App, conv); err != nil {
+		return err
+	}
 	members, err := s.store.DeleteConversation(ctx, from.App, conv)
 	s.Invalidate(from.App, conv)
 	if err != nil {
 		return s.internal("delete conversation", err)
 	}
 	s.recheckAfterLeaving(ctx, from.App, conv, members) // presence.go
+	return nil
+}
+
+// forgetGroupRecords deletes the chat records of a group's administration
+// (groupadmin.go): its settings, member mutes, invites with their tokens,
+// and join requests. The caller holds the conversation's lock.
+func (s *Service) forgetGroupRecords(ctx context.Context, app, conv string) error {
+	if s.records == nil {
+		return nil
+	}
+	var doomed []string
+	for _, p := range []string{"gm/" + conv + "/", "gi/" + conv + "/", "jr/" + conv + "/"} {
+		err := s.records.ScanRecords(ctx, app, p, "", 0, func(key string, _ []byte) error {
+			doomed = append(doomed, key)
+			if t, ok := strings.CutPrefix(key, "gi/"+conv+"/"); ok {
+				doomed = append(doomed, "inv/"+t)
+			}
+			return nil
+		})
+		if err != nil {
+			return s.internal("list group records", err)
+		}
+	}
+	for _, k := range append(doomed, "gs/"+conv) {
+		if err := s.records.PutRecord(ctx, app, k, nil); err != nil {
+			return s.internal("delete group records", err)
+		}
+	}
 	return nil
 }
