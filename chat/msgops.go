@@ -23,9 +23,9 @@ package chat
 // The lock is held until the batch is durable and delivered, so the next
 // operation on the same conversation reads the new state; operations are
 // therefore slower than sends (one group commit each), which they can
-// afford. Events count towards unread like any message, and an operation
-// marks the conversation read up to its event for its author, as sending
-// does.
+// afford. Events do not count towards unread (see unread.go), and an
+// operation marks the conversation read up to its event for its author, as
+// sending does.
 
 import (
 	"context"

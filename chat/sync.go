@@ -24,8 +24,9 @@ func (s *Service) convInfo(ctx context.Context, app string, c storage.Conversati
 		return protocol.ConvInfo{}, s.internal("read head", err)
 	}
 	ci := protocol.ConvInfo{Conv: c.ID, Kind: string(c.Kind), Name: c.Name, Role: string(m.Role), Members: c.Members, LastSeq: last, Read: m.Read}
-	if last > m.Read {
-		ci.Unread = last - m.Read
+	ci.Unread, ci.UnreadMore, err = s.unread(ctx, app, c.ID, m.User, m.Read, last)
+	if err != nil {
+		return protocol.ConvInfo{}, s.internal("count unread", err)
 	}
 	return ci, nil
 }

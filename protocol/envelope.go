@@ -577,7 +577,12 @@ type ConvInfo struct {
 	Members int    `json:"members"`
 	LastSeq uint64 `json:"last_seq"`
 	Read    uint64 `json:"read"`
-	Unread  uint64 `json:"unread"`
+	// Unread counts the messages after Read that the user would count as
+	// new (not edits, reactions, call signalling or most system events);
+	// UnreadMore says the count stopped at the server's scan bound and is
+	// a lower bound. See docs/PROTOCOL.md.
+	Unread     uint64 `json:"unread"`
+	UnreadMore bool   `json:"unread_more,omitempty"`
 }
 
 // MemberInfo is one member of a conversation.
