@@ -24,10 +24,8 @@ import (
 // conversation is still there (part of its log may be gone) and deleting
 // it again finishes the job. The ID may be used again, from seq 1. The
 // group's records go too (settings, per-member mutes, invites and their
-// tokens, join requests); the search index's postings and cursor for the
-// conversation are not deleted yet, so a conversation re-created with the
-// same ID has its first messages (up to the old last seq) missing from
-// search.
+// tokens, join requests); the search indexer, told of the "deleted" event
+// like of any entry, drops the conversation's index and cursor.
 func (s *Service) DeleteConversation(ctx context.Context, from Sender, conv string) error {
 	if !from.Service {
 		return protocol.Errorf(protocol.CodeForbidden, "only a backend service deletes conversations")

@@ -10,7 +10,8 @@
 // durable log entry to Stored (in seq order per conversation, never
 // blocking the sender); one background goroutine applies them: a message
 // is indexed, an edit event re-indexes the message it edits, a recall
-// event removes it. The index keeps, per conversation, a cursor: the last
+// event removes it, and the "deleted" system event of a conversation
+// drops the conversation's index and cursor. The index keeps, per conversation, a cursor: the last
 // seq it has read, moved in the same write as the postings. On start, and
 // whenever a hand-off was dropped or failed, the indexer reads the log
 // from the cursor, so every acknowledged message is indexed eventually,

@@ -282,6 +282,16 @@ func (s *Service) apply(ctx context.Context, app string, m protocol.Message) err
 // everything else only moves the cursor.
 func (s *Service) indexOne(ctx context.Context, app string, m protocol.Message) error {
 	defer s.indexed.Add(1)
+	if deletedEvent(m) {
+		// The conversation is being deleted (its log goes next): drop its
+		// index and cursor, so that a conversation re-created with the
+		// same ID is indexed from its seq 1.
+		if err := s.o.Index.DropConv(ctx, app, m.Conv); err != nil {
+			return err
+		}
+		delete(s.cursors, appConv{app, m.Conv})
+		return nil
+	}
 	var doc *storage.IndexDoc
 	switch {
 	case m.Type == protocol.TypeEdit && m.Ref != nil:
@@ -309,6 +319,16 @@ func (s *Service) indexOne(ctx context.Context, app string, m protocol.Message) 
 	}
 	s.cursors[appConv{app, m.Conv}] = m.Seq
 	return nil
+}
+
+// deletedEvent reports whether m is the system event that announces the
+// deletion of its conversation (chat.Service.DeleteConversation).
+func deletedEvent(m protocol.Message) bool {
+	if m.Type != protocol.TypeSystem {
+		return false
+	}
+	var ev struct{ Event string }
+	return json.Unmarshal(m.Body, &ev) == nil && ev.Event == "deleted"
 }
 
 // Text is the searchable text of a message: the "text" field of a body

@@ -40,4 +40,7 @@ type SearchIndex interface {
 	Postings(ctx context.Context, app, conv, term string, from uint64, limit int) ([]Posting, error)
 	// Cursor is the highest seq of conv the index has read (0 if none).
 	Cursor(ctx context.Context, app, conv string) (uint64, error)
+	// DropConv removes everything indexed for conv, cursor included (a
+	// deleted conversation).
+	DropConv(ctx context.Context, app, conv string) error
 }
