@@ -31,6 +31,8 @@ interface OutMsg {
 interface Conv {
   id: string; // conversation ID, or "to:{user}" for a direct chat not yet started
   info: ConvInfo;
+  // The server's last count: unread messages in (read, last] (see recount).
+  counted: { read: number; last: number; unread: number; more: boolean };
   peer?: string;
   msgs: Map<number, Msg>;
   outbox: OutMsg[];
@@ -259,6 +261,7 @@ function getConv(id: string, kind = 'direct'): Conv {
     c = {
       id,
       info: emptyInfo(id, kind),
+      counted: { read: 0, last: 0, unread: 0, more: false },
       msgs: new Map(),
       outbox: [],
       peerDelivered: 0,
@@ -276,7 +279,8 @@ function getConv(id: string, kind = 'direct'): Conv {
 function upsertConv(info: ConvInfo): Conv {
   const c = getConv(info.conv, info.kind);
   c.info = { ...info, last_seq: Math.max(info.last_seq, c.info.last_seq), read: Math.max(info.read, c.info.read) };
-  c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+  c.counted = { read: info.read, last: info.last_seq, unread: info.unread, more: !!info.unread_more };
+  recount(c);
   if (c.info.kind === 'direct' && !c.peer && !infoAsked.has(c.id)) void refreshInfo(c);
   return c;
 }
@@ -307,6 +311,39 @@ function isMine(m: Msg): boolean {
   return m.from.user === session?.user;
 }
 
+// countable says whether a message counts as unread, by the server's rule
+// (docs/PROTOCOL.md, "Unread counts"): other people's messages that were
+// not recalled, announcements and missed calls; no edits, reactions, call
+// signalling or other system events.
+function countable(m: Msg): boolean {
+  if (isMine(m) || m.recalled) return false;
+  switch (m.type) {
+    case 'edit':
+    case 'recall':
+    case 'reaction':
+      return false;
+    case 'call':
+      return m.body?.state === 'ended' && (m.body?.reason === 'canceled' || m.body?.reason === 'timeout');
+    case 'system':
+      return m.body?.event === 'announcement' && !!m.body?.text;
+  }
+  return true;
+}
+
+// recount sets c.info.unread: the server's count while the read position
+// is where the server counted from, plus the countable messages that came
+// after its count; once the user read past that, the countable messages
+// after the read position that this page holds.
+function recount(c: Conv): void {
+  const { read, last_seq: last } = c.info;
+  const base = read === c.counted.read;
+  const from = base ? Math.max(read, c.counted.last) : read;
+  let n = base ? c.counted.unread : 0;
+  for (const [seq, m] of c.msgs) if (seq > from && seq <= last && countable(m)) n++;
+  c.info.unread = n;
+  c.info.unread_more = base && c.counted.more;
+}
+
 function onMessage(m: Msg, live: boolean): void {
   const known = convs.has(m.conv);
   const c = getConv(m.conv, m.conv.startsWith('d.') ? 'direct' : 'group');
@@ -321,7 +358,7 @@ function onMessage(m: Msg, live: boolean): void {
   if (m.cmid && isMine(m)) c.outbox = c.outbox.filter((o) => o.cmid !== m.cmid);
   if (m.seq > c.info.last_seq) c.info.last_seq = m.seq;
   if (isMine(m)) c.info.read = Math.max(c.info.read, m.seq);
-  c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+  recount(c);
   c.typing.delete(m.from.user);
   if (fresh && live && !isMine(m)) {
     // A gap in seq means a live message was missed: sync fills it.
@@ -374,7 +411,7 @@ function onReceipt(r: Receipt): void {
   if (r.user === session?.user) {
     if (r.type === 'read') {
       c.info.read = Math.max(c.info.read, r.seq);
-      c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+      recount(c);
     }
   } else if (r.type === 'read') {
     c.peerRead = Math.max(c.peerRead, r.seq);
@@ -446,7 +483,7 @@ function markRead(c: Conv): void {
     .op<{ seq: number }>('read', { conv: c.id, seq })
     .then((r) => {
       c.info.read = Math.max(c.info.read, r.seq);
-      c.info.unread = Math.max(0, c.info.last_seq - c.info.read);
+      recount(c);
       scheduleRender();
     })
     .catch(() => readSent.delete(c.id));
@@ -588,7 +625,7 @@ async function deliver(c: Conv, o: OutMsg): Promise<void> {
     }
     t.info.last_seq = Math.max(t.info.last_seq, ack.seq);
     t.info.read = Math.max(t.info.read, ack.seq);
-    t.info.unread = Math.max(0, t.info.last_seq - t.info.read);
+    recount(t);
   } catch (e) {
     if (!(e instanceof RequestError && e.code === 'offline')) {
       o.state = 'failed';
@@ -871,17 +908,18 @@ function renderList(): void {
     items.map((c) => {
       const m = lastMsg(c);
       const unread = current === c.id ? 0 : c.info.unread;
+      const shown = `${unread}${c.info.unread_more ? '+' : ''}`; // "1000+" past the server's scan bound
       const title = convTitle(c);
       const typing = typingNow(c).length > 0;
       const text = m ? `${isMine(m) ? 'You: ' : c.info.kind !== 'direct' && m.type !== 'system' ? `${m.from.user}: ` : ''}${preview(m)}` : c.outbox.length ? 'Sending…' : '';
       const time = m ? fmtTime(m.ts) : '';
       return {
         key: c.id,
-        sig: JSON.stringify([title, text, unread, current === c.id, time, typing, c.info.kind]),
+        sig: JSON.stringify([title, text, unread && shown, current === c.id, time, typing, c.info.kind]),
         make: () => {
           const btn = el('button', { type: 'button', class: 'conv-item', 'data-conv': c.id });
           if (current === c.id) btn.setAttribute('aria-current', 'true');
-          btn.setAttribute('aria-label', `${title}${unread ? `, ${unread} unread` : ''}`);
+          btn.setAttribute('aria-label', `${title}${unread ? `, ${shown} unread` : ''}`);
           btn.append(
             el('span', { class: `avatar ${c.info.kind}`, 'aria-hidden': 'true' }, initials(title)),
             el('span', { class: 'conv-text' },
@@ -890,7 +928,7 @@ function renderList(): void {
             ),
             el('span', { class: 'conv-meta' },
               el('span', { class: 'time' }, time),
-              unread ? el('span', { class: 'badge', 'data-unread': String(unread) }, String(unread)) : '',
+              unread ? el('span', { class: 'badge', 'data-unread': String(unread) }, shown) : '',
             ),
           );
           btn.addEventListener('click', () => void openConv(c.id));

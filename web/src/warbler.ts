@@ -59,7 +59,11 @@ export interface ConvInfo {
   members: number;
   last_seq: number;
   read: number;
+  /** Messages after read that count as new: not edits, reactions, call
+   * signalling or most system events (docs/PROTOCOL.md, "Unread counts"). */
   unread: number;
+  /** The server stopped counting at its scan bound: unread is a lower bound. */
+  unread_more?: boolean;
 }
 
 /** A request the server refused, with its protocol error code. */
