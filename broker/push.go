@@ -106,7 +106,9 @@ func (p positions) DeliveredSeq(ctx context.Context, app, user, device, conv str
 }
 
 // Unread sums the unread counts of the user's conversations (the first
-// 500), which is what the badge shows.
+// 500), which is what the badge shows. Each count reads the log after the
+// user's read position, up to chat's scan bound, so a user whose
+// conversations are all read costs no log reads.
 func (p positions) Unread(ctx context.Context, app, user string) (int, error) {
 	res, err := p.chat.Convs(ctx, chat.Sender{App: app, User: user}, "", 500)
 	if err != nil {
