@@ -1,6 +1,9 @@
 package chat
 
-import "testing"
+import (
+	"fmt"
+	"testing"
+)
 
 // TestMayReadBroadcast checks the membership answer behind the broadcast
 // ACL: channels are for members, other names for everyone; a name looked
@@ -36,5 +39,28 @@ func TestMayReadBroadcast(t *testing.T) {
 	}
 	if !e.svc.MayReadBroadcast("app", "news", "mia") {
 		t.Error("remaining member refused")
+	}
+}
+
+// BenchmarkMayReadBroadcast is the membership check the ACL runs for every
+// delivery of a channel message to a subscriber (a cached channel of 1000
+// members), and for a plain broadcast name.
+func BenchmarkMayReadBroadcast(b *testing.B) {
+	e := newEnv(b, func(o *Options) { o.ChannelBroadcast = true })
+	members := make([]string, 999)
+	for i := range members {
+		members[i] = fmt.Sprintf("u%04d", i)
+	}
+	mustCreate(b, e.svc, dev("olga", "d"), "news", "channel", members...)
+	for _, c := range []struct{ name, conv string }{{"channel", "news"}, {"plain", "flash"}} {
+		b.Run(c.name, func(b *testing.B) {
+			e.svc.MayReadBroadcast("app", c.conv, "u0500")
+			b.ReportAllocs()
+			for b.Loop() {
+				if !e.svc.MayReadBroadcast("app", c.conv, "u0500") {
+					b.Fatal("refused")
+				}
+			}
+		})
 	}
 }
