@@ -147,3 +147,33 @@ func waitSubscribers(t *testing.T, s *Server, filter string, n int) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestChannelBroadcastModeOff checks that without chat.channel_broadcast
+// nothing changes: any user of the app may subscribe to a channel's topic,
+// but the channel's messages come as copies on the members' downlinks and
+// nothing is published on the topic.
+func TestChannelBroadcastModeOff(t *testing.T) {
+	e := newAPIEnv(t)
+	e.must(e.do("POST", "/v1/apps/acme/conversations", e.admin, map[string]any{"id": "news", "kind": "channel", "members": []string{"alice"}}), 201)
+	alice := connectApp(t, e.s, "acme", "alice", "phone")
+	if rc := alice.Subscribe(t, "w/acme/u/alice", "w/acme/b/news", "w/acme/b/flash"); string(rc) != "\x01\x01\x01" {
+		t.Fatalf("SUBACK %x", rc)
+	}
+	dan := connectApp(t, e.s, "acme", "dan", "phone")
+	if rc := dan.Subscribe(t, "w/acme/b/news"); string(rc) != "\x01" {
+		t.Fatalf("non-member's SUBACK %x, want 01 as before", rc)
+	}
+	svc := connectService(t, e, "newsroom", e.keys["acme:publish"])
+	if rc := publishProps(t, svc, "w/acme/b/news", 1, false, `{"text":"morning edition"}`); rc != 0 {
+		t.Fatalf("PUBACK %#x", rc)
+	}
+	if pk := alice.Expect(t); pk.Topic != "w/acme/u/alice" {
+		t.Fatalf("member got the message on %s", pk.Topic)
+	}
+	if rc := publishProps(t, svc, "w/acme/b/flash", 1, false, `{"text":"flash"}`); rc != 0 {
+		t.Fatalf("plain PUBACK %#x", rc)
+	}
+	if pk := alice.Expect(t); pk.Topic != "w/acme/b/flash" {
+		t.Fatalf("after the downlink copy the member got %s: %s", pk.Topic, pk.Payload)
+	}
+}
