@@ -35,6 +35,7 @@ import (
 	"github.com/warblerim/warbler/chat"
 	"github.com/warblerim/warbler/hooks"
 	"github.com/warblerim/warbler/identity"
+	"github.com/warblerim/warbler/internal/mqttstop"
 	"github.com/warblerim/warbler/storage/badgerstore"
 	"github.com/warblerim/warbler/web"
 	"github.com/warblerim/warbler/webhook"
@@ -642,7 +643,7 @@ wait:
 			break wait
 		}
 	}
-	_ = s.mqtt.Close()
+	_ = mqttstop.Close(s.mqtt) // not s.mqtt.Close: see package mqttstop
 }
 
 func (s *Server) closeAll() error {

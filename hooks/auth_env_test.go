@@ -19,6 +19,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/warblerim/warbler/identity"
+	"github.com/warblerim/warbler/internal/mqttstop"
 	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/storage"
 	"github.com/warblerim/warbler/storage/badgerstore"
@@ -129,7 +130,7 @@ func azStart(t testing.TB, anon *AnonymousOptions) *azEnv {
 		ok(e.server.AddListener(listeners.NewNet(anon.Listeners[0], aln)))
 	}
 	ok(e.server.Serve())
-	t.Cleanup(func() { e.server.Close() })
+	t.Cleanup(func() { mqttstop.Close(e.server) })
 	// A server-side publisher that skips the write ACL, the way mochi's
 	// inline client does, so tests can put messages on any topic and see
 	// what the read ACL lets through.

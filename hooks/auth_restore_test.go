@@ -14,6 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/warblerim/warbler/identity"
+	"github.com/warblerim/warbler/internal/mqttstop"
 	"github.com/warblerim/warbler/storage/badgerstore"
 )
 
@@ -52,7 +53,7 @@ func (r *restartRig) start(restore bool) (*azEnv, func()) {
 		t.Fatal(err)
 	}
 	e.injector = e.server.NewClient(nil, "local", "injector", true)
-	return e, func() { e.server.Close() }
+	return e, func() { mqttstop.Close(e.server) }
 }
 
 // TestAuthRestoredSessions: persistent sessions restored from storage after

@@ -25,6 +25,7 @@ import (
 
 	"github.com/warblerim/warbler/chat"
 	"github.com/warblerim/warbler/hooks"
+	"github.com/warblerim/warbler/internal/mqttstop"
 	"github.com/warblerim/warbler/internal/mqtttest"
 	"github.com/warblerim/warbler/protocol"
 	"github.com/warblerim/warbler/storage/badgerstore"
@@ -102,7 +103,7 @@ func startBrokerHook(t testing.TB, mod func(*mqtt.Options, *chat.Options), hookM
 	}
 	waitDial(t, wsAddr)
 	t.Cleanup(func() {
-		srv.Close()
+		mqttstop.Close(srv)
 		svc.StopCalls()
 		store.Close()
 		db.Close()
