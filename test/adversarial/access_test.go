@@ -3,6 +3,7 @@ package adversarial
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
@@ -87,6 +88,13 @@ func TestCase13RevokedDurableSession(t *testing.T) {
 	if m := rev.Expect(t); string(m.Payload) != "before" {
 		t.Fatalf("got %q", m.Payload)
 	}
+	// The client acks "before" after handing it over; until the server has
+	// that PUBACK, "before" stays in flight in the kept session and is
+	// rightly sent again on reconnect (QoS 1). Revoke only once it is in.
+	waitFor(t, `the PUBACK of "before"`, 30*time.Second, func() bool {
+		cl, ok := s.MQTT().Clients.Get("demo:rev:d1")
+		return ok && cl.State.Inflight.Len() == 0
+	})
 	if _, err := s.Identity().DisableUser(ctx, "demo", "rev"); err != nil {
 		t.Fatal(err)
 	}
