@@ -539,7 +539,9 @@ func (c *v3) write(pk packets.Packet) {
 // read returns the next packet, acking QoS 1 publishes.
 func (c *v3) read() packets.Packet {
 	c.t.Helper()
-	_ = c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// Generous: a sync page of large messages on a busy machine with the
+	// race detector can take several seconds.
+	_ = c.conn.SetReadDeadline(time.Now().Add(30 * time.Second))
 	pk, err := readPacket(c.r)
 	if err != nil {
 		c.t.Fatalf("v3 read: %v", err)
