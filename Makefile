@@ -22,10 +22,12 @@ lint:
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
-## test: lint, then every test with the race detector, then each fuzz target briefly
+## test: lint, then every test with the race detector, then each fuzz target
+## briefly, then the web client's end-to-end tests in headless Chromium
 test: lint
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) fuzz FUZZTIME=5s
+	$(MAKE) e2e
 
 ## bench: Go benchmarks of every package
 bench:
