@@ -109,6 +109,18 @@ func convParam(r *http.Request) (string, error) {
 	return conv, nil
 }
 
+// convRequest authenticates r for app with scope and reads its {conv}
+// path value, the start of every per-conversation route.
+func (c *ChatAPI) convRequest(r *http.Request, scope string) (app, conv string, err error) {
+	if app, err = c.auth.forApp(r, scope); err != nil {
+		return "", "", err
+	}
+	if conv, err = convParam(r); err != nil {
+		return "", "", err
+	}
+	return app, conv, nil
+}
+
 // activeUser checks that user exists in app and is not disabled.
 func (c *ChatAPI) activeUser(r *http.Request, app, user string) error {
 	if !protocol.ValidID(user) {
@@ -187,11 +199,7 @@ func (c *ChatAPI) createConv(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) getConv(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -204,11 +212,7 @@ func (c *ChatAPI) getConv(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) patchConv(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -230,11 +234,7 @@ func (c *ChatAPI) patchConv(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) listMembers(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -252,11 +252,7 @@ func (c *ChatAPI) listMembers(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) addMembers(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -284,11 +280,7 @@ func (c *ChatAPI) addMembers(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) patchMember(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -311,11 +303,7 @@ func (c *ChatAPI) patchMember(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (c *ChatAPI) removeMember(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeUsers)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeUsers)
 	if err != nil {
 		return err
 	}
@@ -342,11 +330,7 @@ func (c *ChatAPI) removeMember(w http.ResponseWriter, r *http.Request) error {
 // good (chat.Service.DeleteConversation). It needs the admin scope: unlike
 // the other routes here it destroys messages.
 func (c *ChatAPI) deleteConv(w http.ResponseWriter, r *http.Request) error {
-	app, err := c.auth.forApp(r, identity.ScopeAdmin)
-	if err != nil {
-		return err
-	}
-	conv, err := convParam(r)
+	app, conv, err := c.convRequest(r, identity.ScopeAdmin)
 	if err != nil {
 		return err
 	}
