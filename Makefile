@@ -60,13 +60,15 @@ soak:
 ## web: rebuild the web client embedded in the binary (web/dist) from its
 ## sources; needs Node.js 20+ and npm. Commit web/dist with the sources.
 web:
-	cd web && npm ci && npm run build
+	cd web && PUPPETEER_SKIP_DOWNLOAD=1 npm ci && npm run build
 
 ## e2e: the web client's end-to-end tests: the built server on a loopback
 ## port and headless Chromium (/usr/bin/chromium, Debian's package) driven by
-## playwright-core. Screenshots of each step go to web/test-results/.
+## playwright-core, and headless Firefox ESR (/usr/bin/firefox-esr, Debian's
+## package) driven by puppeteer-core over WebDriver BiDi. No browser is
+## downloaded. Screenshots of each step go to web/test-results/.
 e2e: build
-	cd web && npm ci && WARBLER_BIN=$(abspath $(BIN)) npm run e2e
+	cd web && PUPPETEER_SKIP_DOWNLOAD=1 npm ci && WARBLER_BIN=$(abspath $(BIN)) npm run e2e
 
 clean:
 	rm -rf bin

@@ -1,6 +1,7 @@
 // Test harness of the end-to-end tests: builds and runs the real Warbler
 // server on loopback ports with a temporary data directory, talks to its
-// HTTP API, and drives Debian's Chromium through playwright-core.
+// HTTP API, and drives Debian's Chromium through playwright-core and
+// Debian's Firefox ESR through puppeteer-core (WebDriver BiDi).
 
 import { spawn, execFileSync } from 'node:child_process';
 import { createHmac } from 'node:crypto';
@@ -11,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const webDir = join(fileURLToPath(import.meta.url), '..', '..');
 export const repoDir = join(webDir, '..');
@@ -166,6 +168,46 @@ export async function launchBrowser() {
       '--disable-component-update',
       '--disable-sync',
     ],
+  });
+}
+
+/**
+ * launchFirefox starts headless Firefox ESR from the Debian package
+ * (firefox-esr, 128 or later, which speaks WebDriver BiDi) with a fresh
+ * temporary profile. The preferences stop its background traffic: updates,
+ * telemetry, safe browsing, captive-portal and connectivity checks, remote
+ * settings. Nothing is downloaded: set PUPPETEER_SKIP_DOWNLOAD=1 when
+ * installing the packages.
+ */
+export function launchFirefox() {
+  return puppeteer.launch({
+    browser: 'firefox',
+    executablePath: process.env.FIREFOX ?? '/usr/bin/firefox-esr',
+    headless: true,
+    extraPrefsFirefox: {
+      'app.update.enabled': false,
+      'app.update.auto': false,
+      'app.normandy.enabled': false,
+      'browser.safebrowsing.malware.enabled': false,
+      'browser.safebrowsing.phishing.enabled': false,
+      'browser.safebrowsing.downloads.enabled': false,
+      'browser.safebrowsing.blockedURIs.enabled': false,
+      'browser.search.update': false,
+      'browser.shell.checkDefaultBrowser': false,
+      'browser.startup.homepage_override.mstone': 'ignore',
+      'datareporting.healthreport.uploadEnabled': false,
+      'datareporting.policy.dataSubmissionEnabled': false,
+      'toolkit.telemetry.enabled': false,
+      'toolkit.telemetry.unified': false,
+      'extensions.update.enabled': false,
+      'extensions.getAddons.cache.enabled': false,
+      'network.captive-portal-service.enabled': false,
+      'network.connectivity-service.enabled': false,
+      'network.dns.disablePrefetch': true,
+      'network.prefetch-next': false,
+      'services.settings.server': 'data:,',
+      'browser.newtabpage.enabled': false,
+    },
   });
 }
 
