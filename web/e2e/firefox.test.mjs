@@ -67,8 +67,8 @@ function statusOf(page, text) {
   );
 }
 
-async function waitStatus(page, text, want) {
-  await waitFor(`"${text}" to be ${want}`, async () => (await statusOf(page, text).catch(() => null)) === want);
+async function waitStatus(page, text, want, timeout) {
+  await waitFor(`"${text}" to be ${want}`, async () => (await statusOf(page, text).catch(() => null)) === want, timeout);
 }
 
 test('Firefox: two users sign in and exchange messages with delivered and read ticks', async () => {
@@ -98,10 +98,12 @@ test('Firefox: two users sign in and exchange messages with delivered and read t
 
   // bob answers. alice's tab is in the background (the page is hidden):
   // her client receives the message but does not mark it read until she
-  // looks at it.
+  // looks at it. Firefox throttles the timers of a background tab, and the
+  // client sends its delivered receipt from a short timer, so the tick may
+  // take several seconds to come (16 s was seen on a busy machine).
   await sendText(bob, 'Hi alice, Firefox here too');
   await waitFor('the answer at alice', async () => (await texts(alice)).includes('Hi alice, Firefox here too'));
-  await waitStatus(bob, 'Hi alice, Firefox here too', 'delivered');
+  await waitStatus(bob, 'Hi alice, Firefox here too', 'delivered', 90_000);
   assert.equal(await alice.evaluate(() => document.visibilityState), 'hidden');
   await alice.bringToFront();
   await waitStatus(bob, 'Hi alice, Firefox here too', 'read');
