@@ -462,16 +462,23 @@ function presenceText(user: string): string {
   return '';
 }
 
-let deliveredTimer: ReturnType<typeof setTimeout> | undefined;
+// Delivered receipts are batched per task, not per timer: a microtask runs
+// at once even in a background tab, whose timers browsers throttle (Firefox
+// delayed a 150 ms timer by many seconds), and a sync page handled in one
+// task still sends one receipt per conversation.
+const deliveredPending = new Map<string, number>();
 function markDelivered(conv: string, seq: number): void {
   if ((deliveredSent.get(conv) ?? 0) >= seq) return;
   deliveredSent.set(conv, seq);
-  clearTimeout(deliveredTimer);
-  deliveredTimer = setTimeout(() => {
-    for (const [cv, s] of deliveredSent) {
-      void client?.op('delivered', { conv: cv, seq: s }).catch(() => undefined);
-    }
-  }, 150);
+  if (deliveredPending.size === 0) {
+    queueMicrotask(() => {
+      for (const [cv, s] of deliveredPending) {
+        void client?.op('delivered', { conv: cv, seq: s }).catch(() => undefined);
+      }
+      deliveredPending.clear();
+    });
+  }
+  deliveredPending.set(conv, seq);
 }
 
 function markRead(c: Conv): void {
