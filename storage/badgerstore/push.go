@@ -385,27 +385,9 @@ func (s *PushStore) ClaimPush(ctx context.Context, q storage.PushQueueID, now ti
 	var out []storage.PushRecord
 	err = s.update(ctx, false, func(txn *badger.Txn) error {
 		out = out[:0]
-		bound = from
 		pfx := pushQueuePrefix(q)
 		var keys [][]byte
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
-		it.Seek(binary.BigEndian.AppendUint64(bytes.Clone(pfx), uint64(from)))
-		for ; it.Valid() && len(keys) < limit; it.Next() {
-			k := it.Item().KeyCopy(nil)
-			if len(k) < len(pfx)+9 {
-				continue
-			}
-			due := int64(binary.BigEndian.Uint64(k[len(pfx):]))
-			bound = due
-			if due > now.UnixMilli() {
-				break
-			}
-			keys = append(keys, k)
-		}
-		if !it.Valid() && len(keys) < limit {
-			bound = max(bound, now.UnixMilli()) // nothing queued up to now
-		}
-		it.Close()
+		keys, bound = dueKeys(txn, pfx, from, now, limit)
 		for _, k := range keys {
 			id := string(k[len(pfx)+9:])
 			var r storage.PushRecord
@@ -618,4 +600,32 @@ func (s *PushStore) ListPush(ctx context.Context, app, user, device string, limi
 		return nil
 	})
 	return out, err
+}
+
+// dueKeys scans a queue whose keys are pfx + 8-byte big-endian due time (ms)
+// + separator + ID, from the due time from on, and returns at most limit keys
+// due by now. bound is how far the scan got: the due time of the last key it
+// looked at, or now when nothing more is queued up to now; a caller resumes
+// its next scan there.
+func dueKeys(txn *badger.Txn, pfx []byte, from int64, now time.Time, limit int) (keys [][]byte, bound int64) {
+	bound = from
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
+	defer it.Close()
+	it.Seek(binary.BigEndian.AppendUint64(bytes.Clone(pfx), uint64(from)))
+	for ; it.Valid() && len(keys) < limit; it.Next() {
+		k := it.Item().KeyCopy(nil)
+		if len(k) < len(pfx)+9 {
+			continue
+		}
+		due := int64(binary.BigEndian.Uint64(k[len(pfx):]))
+		bound = due
+		if due > now.UnixMilli() {
+			break
+		}
+		keys = append(keys, k)
+	}
+	if !it.Valid() && len(keys) < limit {
+		bound = max(bound, now.UnixMilli()) // nothing queued up to now
+	}
+	return keys, bound
 }

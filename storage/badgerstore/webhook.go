@@ -346,26 +346,8 @@ func (s *WebhookStore) ClaimWebhooks(ctx context.Context, now time.Time, limit i
 	pfx := []byte(pfxHookQueue)
 	err = s.db.update(ctx, false, func(txn *badger.Txn) error {
 		out = out[:0]
-		bound = from
 		var keys [][]byte
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: pfx})
-		it.Seek(binary.BigEndian.AppendUint64(bytes.Clone(pfx), uint64(from)))
-		for ; it.Valid() && len(keys) < limit; it.Next() {
-			k := it.Item().KeyCopy(nil)
-			if len(k) < len(pfx)+9 {
-				continue
-			}
-			due := int64(binary.BigEndian.Uint64(k[len(pfx):]))
-			bound = due
-			if due > now.UnixMilli() {
-				break
-			}
-			keys = append(keys, k)
-		}
-		if !it.Valid() && len(keys) < limit {
-			bound = max(bound, now.UnixMilli()) // nothing queued up to now
-		}
-		it.Close()
+		keys, bound = dueKeys(txn, pfx, from, now, limit)
 		for _, k := range keys {
 			if err := txn.Delete(k); err != nil {
 				return err
